@@ -1,0 +1,271 @@
+"""The lecture's arithmetic as pure integer functions: no arrays are touched here.
+
+Every layer, the summary and the memory estimates call these functions, so each formula
+lives once. Spatial sizes are per axis; a 2-D window is described by one :class:`Window`
+per axis (height, then width).
+
+Output size of a convolution or pooling window along one axis (PyTorch and Keras, floor)::
+
+    out = floor((H + P_before + P_after - D*(K - 1) - 1) / S) + 1
+
+which, for dilation ``D = 1`` and symmetric padding ``P``, is the lecture's
+``(H - K + 2P)/S + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+from .errors import ConfigError
+
+PaddingSpec = Union[int, str, tuple]
+FLOAT32_BYTES = 4
+PADDING_MODES = ("valid", "same", "full")
+
+
+def as_pair(value, argument: str, layer: str) -> tuple[int, int]:
+    """Return ``(a, b)`` from an int or a pair of ints, for kernel sizes, strides and dilations."""
+    pair = (value, value) if isinstance(value, (int,)) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+        raise ConfigError(f"{layer}: {argument} must be an int or a pair of ints; received {argument}={value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_positive(value: int, argument: str, layer: str, meaning: str) -> None:
+    """Raise :class:`ConfigError` unless ``value >= 1`` (filters N, kernel K, stride S, ...)."""
+    if value < 1:
+        raise ConfigError(f"{layer}: {argument} must be at least 1 ({meaning}); received {argument}={value}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window sliding along one axis: kernel K, stride S, padding before/after, dilation D."""
+
+    kernel: int
+    stride: int
+    pad_before: int
+    pad_after: int
+    dilation: int = 1
+
+    @property
+    def effective_kernel(self) -> int:
+        """The span a dilated kernel covers: ``D*(K - 1) + 1``."""
+        return self.dilation * (self.kernel - 1) + 1
+
+
+def padding_amounts(padding: PaddingSpec, in_size: int, kernel: int, stride: int, dilation: int,
+                    axis: int, layer: str) -> tuple[int, int]:
+    """Padding (before, after) along one axis (0 = height, 1 = width) for a padding spec.
+
+    ``"valid"`` is no padding; ``"full"`` pads ``D*(K-1)`` on both sides; ``"same"`` pads so
+    that ``out = ceil(H / S)``, the odd row going after (the TensorFlow and Keras rule).
+    An int pads both sides of both axes, a pair ``(P_h, P_w)`` pads each axis symmetrically.
+    """
+    span = dilation * (kernel - 1) + 1
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0
+        if padding == "full":
+            return span - 1, span - 1
+        if padding == "same":
+            total = max((math.ceil(in_size / stride) - 1) * stride + span - in_size, 0)
+            return total // 2, total - total // 2
+        raise ConfigError(f"{layer}: padding must be an int, a pair of ints or one of {PADDING_MODES}; "
+                          f"received padding={padding!r}")
+    pads = as_pair(padding, "padding", layer)
+    if pads[axis] < 0:
+        raise ConfigError(f"{layer}: padding must be >= 0; received padding={padding!r}")
+    return pads[axis], pads[axis]
+
+
+def windows_2d(in_sizes: tuple[int, int], kernel_size, stride, padding: PaddingSpec, dilation,
+               layer: str) -> tuple[Window, Window]:
+    """The (height, width) windows for a layer's ``kernel_size``, ``stride``, ``padding`` and ``dilation``."""
+    kernel = as_pair(kernel_size, "kernel_size", layer)
+    strides = as_pair(stride, "stride", layer)
+    dilations = as_pair(dilation, "dilation", layer)
+    for k, s, d in zip(kernel, strides, dilations):
+        check_positive(k, "kernel_size", layer, "the window must cover at least one pixel")
+        check_positive(s, "stride", layer, "the window must move by at least one pixel")
+        check_positive(d, "dilation", layer, "kernel taps must be at least one pixel apart")
+    return tuple(Window(k, s, *padding_amounts(padding, size, k, s, d, axis, layer), d)
+                 for axis, (size, k, s, d) in enumerate(zip(in_sizes, kernel, strides, dilations)))
+
+
+def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_name: str = "H",
+                       strict: bool = False) -> int:
+    """Output size along one axis; raise :class:`ConfigError` when the window cannot fit.
+
+    With ``strict=True`` a stride that does not divide the padded input exactly is an error
+    (otherwise the last ``unread_rows`` input rows are silently skipped, as in PyTorch).
+    """
+    k, s, d = window.kernel, window.stride, window.dilation
+    padded = in_size + window.pad_before + window.pad_after
+    span = window.effective_kernel
+    if padded < span:
+        dilated = f"D*(K-1)+1 = {span}" if d > 1 else f"K = {k}"
+        raise ConfigError(
+            f"{layer}: kernel_size={k} does not fit the padded input along {axis_name} "
+            f"({axis_name} + 2P = {padded} < {dilated}); lower kernel_size or raise padding")
+    remainder = (padded - span) % s
+    if strict and remainder:
+        raise ConfigError(f"{layer}: {_formula(in_size, window, axis_name)} = "
+                          f"{(padded - span) / s + 1:g} is not a whole number; "
+                          f"change stride, padding or the input size (or build with strict=False "
+                          f"to skip the last {remainder} row(s) as PyTorch does)")
+    return (padded - span) // s + 1
+
+
+def _formula(in_size: int, window: Window, axis_name: str) -> str:
+    """The lecture's formula filled in with the numbers, for error messages."""
+    k, s, d = window.kernel, window.stride, window.dilation
+    pad = window.pad_before + window.pad_after
+    if d == 1:
+        return f"({axis_name} - K + 2P)/S + 1 = ({in_size} - {k} + {pad})/{s} + 1"
+    return (f"({axis_name} + 2P - D*(K-1) - 1)/S + 1 = "
+            f"({in_size} + {pad} - {d}*({k}-1) - 1)/{s} + 1")
+
+
+def unread_rows(in_size: int, window: Window) -> int:
+    """How many input rows (or columns) at the end of the axis no window ever reads."""
+    padded = in_size + window.pad_before + window.pad_after
+    skipped = (padded - window.effective_kernel) % window.stride
+    return max(skipped - window.pad_after, 0)
+
+
+# ----------------------------------------------------------------- learnable parameters
+
+def conv_params(filters: int, kernel: tuple[int, int], in_channels: int, bias: bool = True) -> int:
+    """Learnable parameters of a convolution: ``N*K*K*C + N`` (without bias ``N*K*K*C``)."""
+    return filters * kernel[0] * kernel[1] * in_channels + (filters if bias else 0)
+
+
+def dense_params(in_features: int, units: int, bias: bool = True) -> int:
+    """Learnable parameters of a fully connected layer: ``in*out + out``."""
+    return in_features * units + (units if bias else 0)
+
+
+def batchnorm_params(channels: int) -> tuple[int, int]:
+    """Batch norm parameters as (trainable, not trainable): gamma and beta, running mean and variance."""
+    return 2 * channels, 2 * channels
+
+
+def prelu_params(channels: int) -> int:
+    """PReLU learns one negative slope per channel."""
+    return channels
+
+
+def maxout_params(in_features: int, units: int, pieces: int, bias: bool = True) -> int:
+    """Learnable parameters of a maxout unit layer (Goodfellow et al.): ``pieces * (in*units + units)``.
+
+    In cnnkit a maxout layer is ``Dense(units * pieces)`` (or a convolution) followed by the
+    parameter-free ``Maxout(pieces)`` activation, which is exactly this count.
+    """
+    return pieces * dense_params(in_features, units, bias)
+
+
+# ----------------------------------------------------------------- work and memory
+
+def conv_macs(out_shape: tuple[int, int, int], kernel: tuple[int, int], in_channels: int) -> int:
+    """Multiply-accumulates of a convolution for one image: ``H2*W2*N * K*K*C``."""
+    h, w, n = out_shape
+    return h * w * n * kernel[0] * kernel[1] * in_channels
+
+
+def dense_macs(in_features: int, units: int) -> int:
+    """Multiply-accumulates of a fully connected layer for one input: ``in*out``."""
+    return in_features * units
+
+
+def volume(shape: tuple[int, ...]) -> int:
+    """Number of activations in a volume (``H*W*C``)."""
+    return math.prod(shape)
+
+
+def float32_bytes(count: int) -> int:
+    """Bytes that ``count`` float32 numbers occupy."""
+    return count * FLOAT32_BYTES
+
+
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+def optimizer_state_count(trainable_params: int, optimizer: str) -> int:
+    """Numbers an optimizer keeps per model: SGD none, SGD with momentum one, Adam two per parameter."""
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ConfigError(f"optimizer must be one of {sorted(OPTIMIZER_SLOTS)}; received optimizer={optimizer!r}")
+    return OPTIMIZER_SLOTS[optimizer] * trainable_params
+
+
+# ----------------------------------------------------------------- receptive field
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Receptive field of one unit along one axis, in input pixels.
+
+    ``size`` is how many input pixels one unit sees, ``jump`` the distance in input pixels
+    between two neighbouring units, and ``start`` the input coordinate of the centre of the
+    first unit's field (negative when it lies in the padding).
+    """
+
+    size: int = 1
+    jump: int = 1
+    start: float = 0.5
+    whole: bool = False
+
+    def through(self, window: Window) -> "ReceptiveField":
+        """The field after one more window, by the standard recurrence::
+
+            size'  = size + (D*(K-1)) * jump
+            jump'  = jump * S
+            start' = start + ((D*(K-1))/2 - P_before) * jump
+        """
+        span = window.effective_kernel - 1
+        return ReceptiveField(size=self.size + span * self.jump,
+                              jump=self.jump * window.stride,
+                              start=self.start + (span / 2 - window.pad_before) * self.jump,
+                              whole=self.whole)
+
+    def covering(self, in_size: int) -> "ReceptiveField":
+        """The field of a unit that sees every unit of its input (after Flatten, global pooling).
+
+        ``size`` may exceed the image: it counts the padding the outermost units see.
+        """
+        return ReceptiveField(size=self.size + (in_size - 1) * self.jump, jump=self.jump * in_size,
+                              start=self.start + (in_size - 1) / 2 * self.jump, whole=True)
+
+
+# ----------------------------------------------------------------- memory of a whole network
+
+@dataclass(frozen=True)
+class LayerVolumes:
+    """Per-sample activation counts of one layer, as the memory estimates need them."""
+
+    inputs: int
+    outputs: int
+    in_place: bool
+    cached: int
+
+
+def inference_peak(layers: list[LayerVolumes]) -> int:
+    """Largest live set per sample when no caches are kept: one layer's input and output together.
+
+    A layer that works in place (ReLU) or returns a view (Flatten) needs only its input.
+    """
+    return max((lv.inputs if lv.in_place else lv.inputs + lv.outputs for lv in layers), default=0)
+
+
+def training_activations(layers: list[LayerVolumes]) -> int:
+    """Numbers per sample alive at the start of backward: every layer's cache, plus the output
+    and its gradient, plus the widest gradient pair that backward holds at once."""
+    cached = sum(lv.cached for lv in layers)
+    widest_gradient_pair = max((lv.inputs + lv.outputs for lv in layers), default=0)
+    return cached + widest_gradient_pair
+
+
+def counted_activations(input_count: int, layers: list[LayerVolumes]) -> int:
+    """Activations stored for one forward pass: the input plus every layer output that is not in place."""
+    return input_count + sum(lv.outputs for lv in layers if not lv.in_place)

@@ -1,0 +1,92 @@
+"""`gradcheck`: compare a layer's or model's backward with central finite differences in float64."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ShapeError
+
+
+@dataclass
+class GradcheckResult:
+    """Worst relative error over every checked gradient, and the error of each one.
+
+    The error of one gradient is ``max |analytic - numeric| / max(max |analytic|, max |numeric|)``:
+    the largest disagreement measured against the gradient's own scale, so entries that are
+    near zero do not turn rounding noise into huge ratios.
+    """
+
+    max_error: float
+    errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> str:
+        """Name of the gradient with the largest error (``"input"`` or a parameter name)."""
+        return max(self.errors, key=self.errors.get)
+
+    def passed(self, tolerance: float = 1e-6) -> bool:
+        return self.max_error < tolerance
+
+
+def gradcheck(target, x: np.ndarray, eps: float = 1e-6, seed: int = 0, max_entries: int | None = None,
+              training: bool = True) -> GradcheckResult:
+    """Check ``target.backward`` (a built layer or model) against finite differences at ``x``.
+
+    The scalar checked is ``sum(forward(x) * r)`` for a fixed random ``r``. Parameters are cast
+    to float64 for the check and restored afterwards. ``max_entries`` limits how many entries of
+    each array are perturbed (chosen at random), for large layers.
+    """
+    params = target.parameters()
+    saved = {name: param.value for name, param in params.items()}
+    rng = np.random.default_rng(seed)
+    try:
+        for param in params.values():
+            param.value = param.value.astype(np.float64)
+        x = np.asarray(x, np.float64)
+        probe = rng.standard_normal(target.forward(x, training=training).shape)
+
+        def loss() -> float:
+            return float(np.sum(target.forward(x, training=training) * probe))
+
+        target.zero_grad()
+        target.forward(x, training=training)
+        dx = target.backward(probe.copy())
+        errors = {"input": _compare(dx, _numeric(loss, x, eps, max_entries, rng))}
+        for name, param in params.items():
+            if param.trainable:
+                analytic = np.zeros_like(param.value) if param.grad is None else param.grad
+                errors[name] = _compare(analytic, _numeric(loss, param.value, eps, max_entries, rng))
+    finally:
+        for name, param in params.items():
+            param.value = saved[name]
+            param.grad = None
+    return GradcheckResult(max(errors.values()), errors)
+
+
+def _numeric(loss, array: np.ndarray, eps: float, max_entries: int | None, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of ``loss`` with respect to (some entries of) ``array``, perturbed in place."""
+    flat = array.reshape(-1)
+    if flat.base is not array and not np.shares_memory(flat, array):
+        raise ShapeError("gradcheck: the checked array must be contiguous")
+    indices = np.arange(flat.size)
+    if max_entries is not None and flat.size > max_entries:
+        indices = rng.choice(flat.size, max_entries, replace=False)
+    numeric = np.empty(len(indices))
+    for position, index in enumerate(indices):
+        original = flat[index]
+        flat[index] = original + eps
+        plus = loss()
+        flat[index] = original - eps
+        minus = loss()
+        flat[index] = original
+        numeric[position] = (plus - minus) / (2 * eps)
+    return indices, numeric
+
+
+def _compare(analytic: np.ndarray, numeric: tuple[np.ndarray, np.ndarray]) -> float:
+    indices, values = numeric
+    picked = np.asarray(analytic, np.float64).reshape(-1)[indices]
+    scale = max(np.abs(picked).max(initial=0.0), np.abs(values).max(initial=0.0), 1e-12)
+    return float(np.abs(picked - values).max(initial=0.0) / scale)

@@ -1,0 +1,179 @@
+"""The layer contract: a differentiable function from one activation volume to another.
+
+A layer is built once for an input volume ``(H, W, C)`` (Keras style: input channels are
+inferred), then maps batches ``(B, H, W, C) -> (B, H2, W2, C2)`` forward and gradients back.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from ..arithmetic import ReceptiveField, Window, volume
+from ..errors import ConfigError, ShapeError
+from ..parameter import Parameter
+
+Shape = tuple[int, int, int]
+
+
+class Layer:
+    """Base class of every layer.
+
+    Subclasses store their hyper-parameters in ``__init__`` under the same names as the
+    arguments (so :meth:`get_config` can rebuild them), create parameters in
+    :meth:`_build`, and implement :meth:`forward` and :meth:`backward`.
+    """
+
+    #: ReLU-like layers make the layer before them use He initialisation.
+    wants_he_init = False
+    #: Layers whose output overwrites their input or is a view of it (ReLU, Flatten, ...)
+    #: allocate no new activation volume; the summary's memory totals skip them.
+    in_place = False
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.input_shape: tuple[int, ...] | None = None
+        self.output_shape: tuple[int, ...] | None = None
+        self.strict = False
+        self.init_scheme = "glorot"
+        self._params: dict[str, Parameter] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._cache = None
+
+    # ------------------------------------------------------------------ building
+    def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
+              strict: bool = False) -> tuple[int, ...]:
+        """Validate hyper-parameters against ``input_shape``, create parameters, return the output shape."""
+        shape = tuple(int(v) for v in input_shape)
+        if any(v < 1 for v in shape):
+            raise ShapeError(f"{self.label}: input volume must have positive sizes; received {shape}")
+        self.strict = strict
+        self.input_shape = shape
+        self.output_shape = tuple(self._build(shape, rng if rng is not None else np.random.default_rng()))
+        return self.output_shape
+
+    def _build(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
+        return input_shape
+
+    @property
+    def built(self) -> bool:
+        return self.output_shape is not None
+
+    @property
+    def label(self) -> str:
+        """The name used in messages: the layer's name, or its class when it has none yet."""
+        return self.name or type(self).__name__
+
+    def _require_volume(self, input_shape: tuple[int, ...]) -> Shape:
+        """Raise unless the input is an image volume ``(H, W, C)``."""
+        if len(input_shape) != 3:
+            raise ShapeError(f"{self.label}: expects an image volume (H, W, C); received input shape "
+                             f"{input_shape}; put Flatten only after the last spatial layer")
+        return input_shape  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ computing
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Map a batch ``(B, *input_shape)`` to ``(B, *output_shape)``; cache for backward only in training."""
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Return the gradient with respect to the input, adding parameter gradients into ``Parameter.grad``."""
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    __call__ = forward
+
+    def check_input(self, x: np.ndarray) -> None:
+        """Raise :class:`ShapeError` unless ``x`` is a batch of this layer's input volume."""
+        if not self.built:
+            raise ShapeError(f"{self.label}: call build(input_shape) (or put the layer in a Sequential) "
+                             f"before forward")
+        if not isinstance(x, np.ndarray) or x.ndim != len(self.input_shape) + 1 \
+                or tuple(x.shape[1:]) != self.input_shape:
+            received = getattr(x, "shape", type(x).__name__)
+            raise ShapeError(f"{self.label}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
+                             f"; received {received}")
+
+    def take_cache(self):
+        """Return and forget what the last training forward cached (backward frees it)."""
+        if self._cache is None:
+            raise ShapeError(f"{self.label}: backward called without a forward(x, training=True) before it")
+        cache, self._cache = self._cache, None
+        return cache
+
+    # ------------------------------------------------------------------ parameters
+    def parameters(self) -> dict[str, Parameter]:
+        """This layer's parameters by local name (``weight``, ``bias``, ...)."""
+        return dict(self._params)
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """State that is saved with the weights but never learned by gradient (running statistics)."""
+        return dict(self._buffers)
+
+    def param_count(self) -> int:
+        """Learnable numbers in this layer (trainable or frozen; buffers excluded)."""
+        return sum(param.size for param in self._params.values())
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's accumulated gradient."""
+        for param in self._params.values():
+            param.zero_grad()
+
+    # ------------------------------------------------------------------ arithmetic hooks
+    def windows(self) -> tuple[Window, Window] | None:
+        """The sliding window along (height, width), for layers that slide one."""
+        return None
+
+    def macs(self) -> int:
+        """Multiply-accumulates for one input."""
+        return 0
+
+    def receptive_field(self, field: tuple[ReceptiveField, ReceptiveField]
+                        ) -> tuple[ReceptiveField, ReceptiveField]:
+        """The receptive field of one output unit, given that of one input unit."""
+        windows = self.windows()
+        if windows is None:
+            return field
+        return field[0].through(windows[0]), field[1].through(windows[1])
+
+    def unread(self) -> tuple[int, int]:
+        """Input rows and columns at the bottom/right edge that no window reads."""
+        return 0, 0
+
+    def activations(self) -> int:
+        """Activations in one output volume."""
+        return volume(self.output_shape)
+
+    def cached_per_sample(self) -> int:
+        """Numbers kept per sample between a training forward and its backward (an estimate)."""
+        return 0
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        """Constructor arguments as plain data, enough to rebuild the layer without code."""
+        config = {}
+        for arg in inspect.signature(type(self).__init__).parameters:
+            if arg in ("self", "args", "kwargs"):
+                continue
+            value = getattr(self, arg)
+            config[arg] = list(value) if isinstance(value, tuple) else value
+        return config
+
+    def __repr__(self) -> str:
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        shown = [f"{k}={v!r}" for k, v in self.get_config().items()
+                 if k not in defaults or defaults[k] is inspect.Parameter.empty
+                 or _differs(v, defaults[k])]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _differs(value, default) -> bool:
+    if isinstance(default, tuple):
+        default = list(default)
+    return value != default
+
+
+def check_choice(value, argument: str, choices: tuple, layer: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{layer}: {argument} must be one of {choices}; received {argument}={value!r}")

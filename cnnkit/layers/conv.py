@@ -1,0 +1,78 @@
+"""`Conv2d`: N shared filters of size K x K x C slid over the input volume."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..arithmetic import (as_pair, check_positive, conv_macs, conv_params, unread_rows, window_output_size,
+                          windows_2d)
+from ..errors import ConfigError
+from ..init import initial_weight
+from ..parameter import Parameter
+from .base import Layer
+
+
+class Conv2d(Layer):
+    """2-D convolution over a channels-last volume.
+
+    Args:
+        filters: number of filters N (output channels).
+        kernel_size: K, an int or a pair (K_h, K_w).
+        stride: S, an int or a pair.
+        padding: P, an int, a pair, or ``"valid"``, ``"same"`` (``out = ceil(H/S)``), ``"full"`` (``P = K-1``).
+        dilation: D, spacing between kernel taps.
+        use_bias: learn one bias per filter.
+        init: ``"auto"`` (He when a ReLU follows, Glorot otherwise), ``"he"`` or ``"glorot"``.
+
+    Input ``(B, H, W, C)``, output ``(B, H2, W2, N)`` with
+    ``H2 = floor((H + 2P - D*(K-1) - 1)/S) + 1``, the lecture's ``(H - K + 2P)/S + 1`` for D = 1.
+    Parameters: ``weight`` of shape (K_h, K_w, C, N) and ``bias`` (N,): ``N*K*K*C + N`` numbers.
+    """
+
+    def __init__(self, filters: int, kernel_size=3, stride=1, padding=0, dilation=1,
+                 use_bias: bool = True, init: str = "auto", name: str | None = None):
+        super().__init__(name)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.use_bias = use_bias
+        self.init = init
+
+    def _build(self, input_shape, rng):
+        h, w, c = self._require_volume(input_shape)
+        if not isinstance(self.filters, int) or isinstance(self.filters, bool):
+            raise ConfigError(f"{self.label}: filters must be an int; received filters={self.filters!r}")
+        check_positive(self.filters, "filters", self.label, "the number of filters N")
+        self._windows = windows_2d((h, w), self.kernel_size, self.stride, self.padding,
+                                   self.dilation, self.label)
+        out = tuple(window_output_size(size, win, self.label, axis, self.strict)
+                    for size, win, axis in zip((h, w), self._windows, "HW"))
+        kh, kw = self.kernel
+        scheme = self.init_scheme if self.init == "auto" else self.init
+        weight = initial_weight(scheme, (kh, kw, c, self.filters), kh * kw * c, kh * kw * self.filters,
+                                rng, self.label)
+        self._params = {"weight": Parameter(weight)}
+        if self.use_bias:
+            self._params["bias"] = Parameter(np.zeros(self.filters, np.float32))
+        return (*out, self.filters)
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return as_pair(self.kernel_size, "kernel_size", self.label)
+
+    def windows(self):
+        return self._windows
+
+    def unread(self):
+        return tuple(unread_rows(size, win) for size, win in zip(self.input_shape[:2], self._windows))
+
+    def param_count(self) -> int:
+        return conv_params(self.filters, self.kernel, self.input_shape[2], self.use_bias)
+
+    def macs(self) -> int:
+        return conv_macs(self.output_shape, self.kernel, self.input_shape[2])
+
+    def cached_per_sample(self) -> int:
+        return int(np.prod(self.input_shape))

@@ -1,0 +1,43 @@
+"""`Parameter`: a learnable array, its gradient, and whether training may change it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Parameter:
+    """A learnable array with its accumulated gradient.
+
+    ``grad`` is ``None`` until a backward pass adds into it (as in PyTorch), so a model used
+    only for inference never pays for a second copy of its weights.
+    """
+
+    __slots__ = ("value", "grad", "trainable")
+
+    def __init__(self, value: np.ndarray, trainable: bool = True):
+        self.value = value
+        self.grad: np.ndarray | None = None
+        self.trainable = trainable
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    @property
+    def size(self) -> int:
+        return int(self.value.size)
+
+    def accumulate(self, grad: np.ndarray) -> None:
+        """Add ``grad`` into ``self.grad`` (allocating it on first use)."""
+        if self.grad is None:
+            self.grad = np.array(grad, dtype=self.value.dtype, copy=True)
+        else:
+            self.grad += grad
+
+    def zero_grad(self) -> None:
+        """Forget the accumulated gradient."""
+        self.grad = None
+
+    def __repr__(self) -> str:
+        frozen = "" if self.trainable else ", trainable=False"
+        return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype}{frozen})"

@@ -1,0 +1,113 @@
+"""The lecture's formulas against hand-worked cases, and the text of every impossible configuration."""
+
+import pytest
+
+from cnnkit.arithmetic import (ReceptiveField, Window, conv_macs, conv_params, dense_macs, dense_params,
+                               batchnorm_params, maxout_params, optimizer_state_count, padding_amounts,
+                               prelu_params, unread_rows, window_output_size, windows_2d)
+from cnnkit.errors import CnnkitError, ConfigError
+
+
+@pytest.mark.parametrize("h, k, s, p, d, expected", [
+    (224, 3, 1, 1, 1, 224),   # VGG's "same" 3x3
+    (227, 11, 4, 0, 1, 55),   # AlexNet conv1: (227 - 11)/4 + 1
+    (32, 5, 1, 0, 1, 28),     # LeNet c1
+    (32, 5, 2, 0, 1, 14),     # floor((32 - 5)/2) + 1 = 14 (14.5 floored)
+    (7, 3, 2, 1, 1, 4),       # (7 - 3 + 2)/2 + 1
+    (10, 3, 1, 0, 2, 6),      # dilation 2: span 5 -> 10 - 5 + 1
+    (5, 1, 3, 0, 1, 2),       # kernel 1 stride 3 -> floor(4/3) + 1
+    (224, 2, 2, 0, 1, 112),   # the lecture's pooling K=2, S=2
+])
+def test_output_size_hand_worked(h, k, s, p, d, expected):
+    assert window_output_size(h, Window(k, s, p, p, d)) == expected
+
+
+@pytest.mark.parametrize("h, k, s, expected_pads, expected_out", [
+    (224, 3, 1, (1, 1), 224),
+    (7, 3, 2, (1, 1), 4),      # ceil(7/2) = 4
+    (8, 3, 2, (0, 1), 4),      # ceil(8/2) = 4, odd total padding goes after
+    (5, 4, 1, (1, 2), 5),
+])
+def test_same_padding_gives_ceil_h_over_s(h, k, s, expected_pads, expected_out):
+    pads = padding_amounts("same", h, k, s, 1, 0, "conv")
+    assert pads == expected_pads
+    assert window_output_size(h, Window(k, s, *pads)) == expected_out
+
+
+def test_full_and_valid_padding():
+    assert padding_amounts("full", 10, 3, 1, 1, 0, "conv") == (2, 2)
+    assert padding_amounts("full", 10, 3, 1, 2, 0, "conv") == (4, 4)
+    assert padding_amounts("valid", 10, 3, 1, 1, 0, "conv") == (0, 0)
+    assert padding_amounts((1, 2), 10, 3, 1, 1, 1, "conv") == (2, 2)
+
+
+def test_unread_rows_counts_input_rows_no_window_reads():
+    assert unread_rows(32, Window(5, 2, 0, 0)) == 1
+    assert unread_rows(32, Window(4, 2, 0, 0)) == 0
+    assert unread_rows(7, Window(2, 2, 0, 0)) == 1
+    assert unread_rows(11, Window(3, 4, 0, 0)) == 0  # (11 - 3) % 4 == 0
+
+
+def test_strict_division_error_quotes_the_formula():
+    with pytest.raises(ConfigError) as error:
+        window_output_size(32, Window(5, 2, 0, 0), "conv3", "H", strict=True)
+    assert str(error.value).startswith(
+        "conv3: (H - K + 2P)/S + 1 = (32 - 5 + 0)/2 + 1 = 14.5 is not a whole number")
+
+
+def test_kernel_larger_than_padded_input():
+    with pytest.raises(ConfigError, match=r"conv3: kernel_size=5 does not fit the padded input along H "
+                                          r"\(H \+ 2P = 4 < K = 5\); lower kernel_size or raise padding"):
+        window_output_size(4, Window(5, 1, 0, 0), "conv3", "H")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kernel_size=3, stride=0, padding=0, dilation=1), "conv1: stride must be at least 1 (the window must move "
+                                                           "by at least one pixel); received stride=0"),
+    (dict(kernel_size=0, stride=1, padding=0, dilation=1), "conv1: kernel_size must be at least 1"),
+    (dict(kernel_size=3, stride=1, padding=0, dilation=0), "conv1: dilation must be at least 1"),
+    (dict(kernel_size=3, stride=1, padding="wide", dilation=1), "conv1: padding must be an int, a pair of ints or "
+                                                                "one of ('valid', 'same', 'full'); received "
+                                                                "padding='wide'"),
+    (dict(kernel_size=3, stride=1, padding=-1, dilation=1), "conv1: padding must be >= 0; received padding=-1"),
+    (dict(kernel_size=2.5, stride=1, padding=0, dilation=1), "conv1: kernel_size must be an int or a pair of ints; "
+                                                             "received kernel_size=2.5"),
+])
+def test_impossible_windows_raise_config_errors(kwargs, message):
+    with pytest.raises(CnnkitError) as error:
+        windows_2d((8, 8), layer="conv1", **kwargs)
+    assert str(error.value).startswith(message)
+
+
+def test_parameter_counts():
+    assert conv_params(64, (3, 3), 3) == 64 * 3 * 3 * 3 + 64 == 1792
+    assert conv_params(64, (3, 3), 3, bias=False) == 1728
+    assert conv_params(96, (11, 11), 3) == 34944
+    assert dense_params(25088, 4096) == 102_764_544
+    assert batchnorm_params(64) == (128, 128)
+    assert prelu_params(32) == 32
+    assert maxout_params(10, 4, 3) == 3 * (10 * 4 + 4)
+
+
+def test_macs():
+    assert conv_macs((224, 224, 64), (3, 3), 3) == 224 * 224 * 64 * 27
+    assert dense_macs(4096, 1000) == 4_096_000
+
+
+def test_optimizer_state():
+    assert optimizer_state_count(10, "sgd") == 0
+    assert optimizer_state_count(10, "momentum") == 10
+    assert optimizer_state_count(10, "adam") == 20
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        optimizer_state_count(10, "rmsprop")
+
+
+def test_receptive_field_recurrence_by_hand():
+    field = ReceptiveField()
+    for window in [Window(3, 1, 1, 1)] * 2 + [Window(2, 2, 0, 0)]:
+        field = field.through(window)
+    assert (field.size, field.jump) == (6, 2)   # VGG block 1 then pool1
+    field = ReceptiveField().through(Window(11, 4, 0, 0))
+    assert (field.size, field.jump, field.start) == (11, 4, 5.5)
+    dilated = ReceptiveField().through(Window(3, 1, 2, 2, dilation=2))
+    assert (dilated.size, dilated.start) == (5, 0.5)
