@@ -1,0 +1,24 @@
+"""Weight files in and out: safetensors, PyTorch checkpoints, Keras HDF5, atomic writes.
+
+Nothing here imports torch or TensorFlow, and no reader executes code from a file.
+"""
+
+from cnnkit.io.atomic import atomic_open, atomic_path, atomic_write
+from cnnkit.io.keras_h5 import read_keras_h5
+from cnnkit.io.safetensors_io import (
+    read_safetensors,
+    read_safetensors_metadata,
+    write_safetensors,
+)
+from cnnkit.io.torch_reader import read_torch
+
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "atomic_write",
+    "read_keras_h5",
+    "read_safetensors",
+    "read_safetensors_metadata",
+    "read_torch",
+    "write_safetensors",
+]
