@@ -8,6 +8,9 @@ import sys
 from .errors import CnnkitError
 from .models import MODELS
 
+# The architectures that pretrained weight files map onto (see cnnkit.io.pretrained).
+PRETRAINED_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg16c", "vgg19")
+
 
 def parse_volume(text: str) -> tuple[int, int, int]:
     """``"224x224x3"`` -> ``(224, 224, 3)``."""
@@ -40,6 +43,93 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .run import train_run
+    report = train_run(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, optimizer=args.optimizer, out=args.out, seed=args.seed,
+                       image_size=args.image_size, resume=args.resume, verbose=0 if args.quiet else 1)
+    print(f"wrote {args.out}/model.safetensors, checkpoint.safetensors, metrics.csv, metrics.jsonl, report.json")
+    print(f"test loss: {report['test']['loss']:.4f}")
+    print(f"test accuracy: {report['test']['accuracy']:.3f}")
+    return 0
+
+
+def _load_for_inference(args: argparse.Namespace):
+    """A model from --arch and --weights, or a cnnkit model file alone."""
+    from .checkpoint import is_cnnkit_file, load
+    if args.arch is None:
+        if args.batch_norm or args.width != 1.0:
+            raise CnnkitError("--batch-norm and --width describe the architecture named by --arch; a cnnkit "
+                              "model file carries its own, so give --arch too or drop them")
+        if not is_cnnkit_file(args.weights):
+            raise CnnkitError(f"--weights {args.weights} is not a cnnkit model file; name its architecture "
+                              f"with --arch (one of {', '.join(PRETRAINED_ARCHS)})")
+        return load(args.weights)
+    return MODELS[args.arch](weights=args.weights, batch_norm=args.batch_norm, width=args.width)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    import json
+
+    from .classify import classify
+    results = classify(_load_for_inference(args), args.images, top=args.top, mode=args.preprocessing)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        print(result["image"])
+        for p in result["predictions"]:
+            print(f"  {p['rank']}. {p['label']:<30} {p['probability']:.4f}  (class {p['index']})")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .classify import extract_features
+    from .io import atomic_path
+    features = extract_features(_load_for_inference(args), args.images, args.layer, mode=args.preprocessing)
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, features)
+    print(f"wrote {args.out}: {features.shape[0]} x {' x '.join(map(str, features.shape[1:]))} "
+          f"features from {args.layer}")
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiments import activation_table, compare_activations
+    print("Training the same CNN on the digits with each activation (plain SGD with momentum, same seed):")
+    results = compare_activations(epochs=args.epochs, seed=args.seed)
+    print(activation_table(results))
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 0.25; received {text!r}")
+    return value
+
+
+def _add_weights_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
+                         help="architecture of the weights (omit for a cnnkit model file)")
+    command.add_argument("--weights", required=True, help="torchvision/timm .pth, Keras .h5, safetensors or "
+                                                          "cnnkit model file")
+    command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
+    command.add_argument("--width", type=_positive_float, default=1.0,
+                         help="channel and fc width multiplier of the weights' VGG (1 for the released "
+                              "weights; e.g. 0.25 for a narrow VGG trained with cnnkit's width=0.25)")
+    command.add_argument("--preprocessing", choices=("caffe", "torch"), default=None,
+                         help="override the preprocessing the weights' source implies (torchvision and "
+                              "timm: torch, Keras: caffe)")
+    command.add_argument("images", nargs="+", help="image files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnkit", description="Convolutional neural networks on NumPy.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,6 +143,39 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--markdown", action="store_true", help="print a Markdown table")
     summary.set_defaults(run=_summary)
+
+    train = commands.add_parser("train", help="train a model, writing checkpoint, metrics and report")
+    train.add_argument("--data", default="digits", help="'digits' (bundled) or a folder of class sub-folders")
+    train.add_argument("--model", default="vgg_small", help="a model name or an architecture .json")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=0.05)
+    train.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    train.add_argument("--image-size", type=int, default=64, help="images of a folder are resized to this")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default="runs/train", help="output folder")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    train.set_defaults(run=_train)
+
+    classify = commands.add_parser("classify", help="top classes of photos with pretrained weights")
+    _add_weights_options(classify)
+    classify.add_argument("--top", type=int, default=5, help="how many classes to show per image (default 5)")
+    classify.add_argument("--json", action="store_true",
+                          help="print JSON: a list of {image, predictions: [{rank, index, label, probability}]}")
+    classify.set_defaults(run=_classify)
+
+    features = commands.add_parser("features", help="extract features of photos at a named layer")
+    _add_weights_options(features)
+    features.add_argument("--layer", default="fc7", help="layer name, e.g. fc7, pool5, conv4_3")
+    features.add_argument("--out", required=True, help="output .npy file: one row per image, in the given order")
+    features.set_defaults(run=_features)
+
+    experiment = commands.add_parser("experiment", help="experiments on the bundled data")
+    experiment.add_argument("name", choices=("activations",), help="activations: ReLU vs sigmoid vs tanh")
+    experiment.add_argument("--epochs", type=int, default=15)
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.set_defaults(run=_experiment)
     return parser
 
 

@@ -30,6 +30,8 @@ class Sequential:
         self.strict = strict
         self.seed = seed
         self.input_shape: tuple[int, ...] | None = None
+        #: plain data saved with the architecture: ``preprocessing`` mode, ``class_names``, ...
+        self.meta: dict = {}
         self._check_layers()
         _assign_names(self.layers)
         if input_shape is not None:
@@ -47,8 +49,11 @@ class Sequential:
         shape = _as_shape(input_shape, self.name)
         rng = rng if rng is not None else np.random.default_rng(self.seed)
         self.input_shape = shape
-        for layer, after in zip(self.layers, self.layers[1:] + [None]):
+        for before, layer, after in zip([None] + self.layers[:-1], self.layers, self.layers[1:] + [None]):
             layer.init_scheme = "he" if after is not None and after.wants_he_init else "glorot"
+            if hasattr(layer, "inplace"):
+                # overwriting the input is safe only when nobody else holds it
+                layer.inplace = before is not None and before.fresh_output
             shape = layer.build(shape, rng, strict=self.strict)
         return shape
 
@@ -94,6 +99,18 @@ class Sequential:
         return x
 
     __call__ = forward
+
+    def features(self, x: np.ndarray, layer: str, batch_size: int = 32) -> np.ndarray:
+        """Inference up to and including the layer called ``layer`` (the output of ``fc7``, ``pool5``, ...)."""
+        self._require_built()
+        stop = self.index(layer) + 1
+        outputs = []
+        for start in range(0, len(x), batch_size):
+            out = x[start:start + batch_size]
+            for block in self.layers[:stop]:
+                out = block.forward(out, training=False)
+            outputs.append(out)
+        return np.concatenate(outputs) if outputs else np.zeros((0, *self.layers[stop - 1].output_shape), np.float32)
 
     def backward(self, dloss: np.ndarray) -> np.ndarray:
         """Back-propagate the loss gradient of the output; return the gradient of the input."""
@@ -197,6 +214,49 @@ class Sequential:
     def _state_targets(self) -> dict[str, np.ndarray]:
         self._require_built()
         return self.state_dict()
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        """The architecture as plain data (JSON-ready): rebuild it with :meth:`from_config`."""
+        self._require_built()
+        return {"name": self.name, "input_shape": list(self.input_shape), "strict": self.strict,
+                "seed": self.seed, "meta": self.meta,
+                "layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "Sequential":
+        """Build a model from :meth:`get_config` data; no code is run, layer classes come from a fixed table."""
+        from .layers import LAYER_CLASSES
+        layers = []
+        for index, entry in enumerate(config.get("layers", [])):
+            kind = entry.get("class") if isinstance(entry, Mapping) else None
+            if kind not in LAYER_CLASSES:
+                raise ConfigError(f"architecture: layer {index} has unknown class {kind!r}; "
+                                  f"known classes are {sorted(LAYER_CLASSES)}")
+            try:
+                layers.append(LAYER_CLASSES[kind](**entry.get("config", {})))
+            except TypeError as error:
+                raise ConfigError(f"architecture: layer {index} ({kind}) has bad arguments: {error}") from None
+        model = cls(layers, input_shape=config.get("input_shape"), strict=config.get("strict", False),
+                    seed=config.get("seed", 0), name=config.get("name", "sequential"))
+        model.meta = dict(config.get("meta", {}))
+        return model
+
+    # ------------------------------------------------------------------ training (see cnnkit.train)
+    def fit(self, train, epochs: int = 1, batch_size: int = 32, optimizer=None, **options):
+        """Train with back-propagation; see :func:`cnnkit.train.fit` for every option."""
+        from .train import fit
+        return fit(self, train, epochs=epochs, batch_size=batch_size, optimizer=optimizer, **options)
+
+    def evaluate(self, data, batch_size: int = 256, **options) -> dict[str, float]:
+        """Loss and accuracy on ``data``; see :func:`cnnkit.train.evaluate`."""
+        from .train import evaluate
+        return evaluate(self, data, batch_size=batch_size, **options)
+
+    def save(self, path) -> None:
+        """Write architecture (JSON) and weights (safetensors) to one file, atomically."""
+        from .checkpoint import save_model
+        save_model(self, path)
 
     # ------------------------------------------------------------------ description
     def summary(self, batch_size: int = 1, format: str = "text", print_fn=print):

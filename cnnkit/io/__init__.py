@@ -5,6 +5,7 @@ Nothing here imports torch or TensorFlow, and no reader executes code from a fil
 
 from cnnkit.io.atomic import atomic_open, atomic_path, atomic_write
 from cnnkit.io.keras_h5 import read_keras_h5
+from cnnkit.io.pretrained import detect_source, load_pretrained, read_weights
 from cnnkit.io.safetensors_io import (
     read_safetensors,
     read_safetensors_metadata,
@@ -16,6 +17,9 @@ __all__ = [
     "atomic_open",
     "atomic_path",
     "atomic_write",
+    "detect_source",
+    "load_pretrained",
+    "read_weights",
     "read_keras_h5",
     "read_safetensors",
     "read_safetensors_metadata",

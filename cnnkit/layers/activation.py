@@ -1,30 +1,73 @@
-"""Activation layers: elementwise non-linearities, shape in = shape out (maxout excepted)."""
+"""Activation layers: elementwise non-linearities, shape in = shape out (maxout excepted).
+
+In place: a layer never modifies the array passed to ``forward`` unless its ``inplace``
+attribute is True (ReLU, LeakyReLU, Sigmoid, Tanh; default False). Setting it is a promise
+by the caller (a ``Sequential``) that nobody else reads that array afterwards: it is a fresh
+output of the layer before, which that layer does not keep in its own cache. Then the
+activation overwrites it and allocates no new volume. Backward never writes into ``dy``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..arithmetic import check_positive, prelu_params
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
+from ..ops.activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward,
+                              relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
+from ..ops.loss import softmax, softmax_backward
 from ..parameter import Parameter
 from .base import Layer
 
 
-class ReLU(Layer):
-    """``max(0, x)``: the activation that, the lecture notes, makes SGD converge much faster."""
+class _Elementwise(Layer):
+    """An activation computed from its input alone whose backward needs only its output."""
 
-    wants_he_init = True
     in_place = True
+    #: Overwrite the input array (set only when the caller guarantees nobody else reads it).
+    inplace = False
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.check_input(x)
+        y = self._apply(x, x if self.inplace else None)
+        self._cache = y if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        y = self.take_cache()
+        self.check_grad(dy, y.shape)
+        return self._gradient(dy, y)
+
+    def _apply(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _gradient(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def cached_per_sample(self) -> int:
         return self.activations()
 
 
-class LeakyReLU(Layer):
+class ReLU(_Elementwise):
+    """``max(0, x)``: the activation that, the lecture notes, makes SGD converge much faster.
+
+    Training caches the output (the array the next layer keeps as its input anyway); the
+    gradient is ``dy`` where the output is positive and 0 elsewhere.
+    """
+
+    wants_he_init = True
+
+    def _apply(self, x, out):
+        return relu(x, out)
+
+    def _gradient(self, dy, y):
+        return relu_backward(dy, y)
+
+
+class LeakyReLU(_Elementwise):
     """``x`` for ``x > 0``, ``negative_slope * x`` otherwise."""
 
     wants_he_init = True
-    in_place = True
 
     def __init__(self, negative_slope: float = 0.01, name: str | None = None):
         super().__init__(name)
@@ -33,12 +76,17 @@ class LeakyReLU(Layer):
                               f"received negative_slope={negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
-    def cached_per_sample(self) -> int:
-        return self.activations()
+    def _apply(self, x, out):
+        return leaky_relu(x, self.negative_slope, out)
+
+    def _gradient(self, dy, y):
+        return leaky_relu_backward(dy, y, self.negative_slope)
 
 
 class PReLU(Layer):
     """Parametric ReLU (He et al. 2015): a learnable negative slope per channel, ``alpha`` of shape (C,)."""
+
+    fresh_output = True
 
     wants_he_init = True
 
@@ -54,26 +102,42 @@ class PReLU(Layer):
     def param_count(self) -> int:
         return prelu_params(self.input_shape[-1])
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.check_input(x)
+        self._cache = x if training else None  # the slope's gradient needs x itself
+        return prelu(x, self._params["alpha"].value)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x = self.take_cache()
+        self.check_grad(dy, x.shape)
+        alpha = self._params["alpha"]
+        dx, dalpha = prelu_backward(dy, x, alpha.value, need_alpha_grad=alpha.trainable)
+        if dalpha is not None:
+            alpha.accumulate(dalpha)
+        return dx
+
     def cached_per_sample(self) -> int:
         return self.activations()
 
 
-class Sigmoid(Layer):
-    """``1 / (1 + exp(-x))``."""
+class Sigmoid(_Elementwise):
+    """``1 / (1 + exp(-x))``, computed without overflow for any ``x``."""
 
-    in_place = True
+    def _apply(self, x, out):
+        return sigmoid(x, out)
 
-    def cached_per_sample(self) -> int:
-        return self.activations()
+    def _gradient(self, dy, y):
+        return sigmoid_backward(dy, y)
 
 
-class Tanh(Layer):
+class Tanh(_Elementwise):
     """``tanh(x)``."""
 
-    in_place = True
+    def _apply(self, x, out):
+        return tanh(x, out)
 
-    def cached_per_sample(self) -> int:
-        return self.activations()
+    def _gradient(self, dy, y):
+        return tanh_backward(dy, y)
 
 
 class Maxout(Layer):
@@ -83,6 +147,8 @@ class Maxout(Layer):
     A maxout unit with its own linear pieces is a ``Conv2d``/``Dense`` with ``pieces`` times the
     units followed by this layer.
     """
+
+    fresh_output = True
 
     def __init__(self, pieces: int = 2, name: str | None = None):
         super().__init__(name)
@@ -98,6 +164,17 @@ class Maxout(Layer):
                               f"pieces={self.pieces}; make the layer before output a multiple of {self.pieces}")
         return (*input_shape[:-1], channels // self.pieces)
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.check_input(x)
+        y, argmax = maxout(x, self.pieces)
+        self._cache = argmax if training else None  # the winning piece per output, one byte each
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        argmax = self.take_cache()
+        self.check_grad(dy, argmax.shape)
+        return maxout_backward(dy, argmax, self.pieces)
+
     def cached_per_sample(self) -> int:
         return self.activations()
 
@@ -110,6 +187,17 @@ class Softmax(Layer):
     """
 
     in_place = True
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.check_input(x)
+        y = softmax(x)
+        self._cache = y if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        y = self.take_cache()
+        self.check_grad(dy, y.shape)
+        return softmax_backward(dy, y)
 
     def cached_per_sample(self) -> int:
         return self.activations()

@@ -30,6 +30,9 @@ class Layer:
     #: Layers whose output overwrites their input or is a view of it (ReLU, Flatten, ...)
     #: allocate no new activation volume; the summary's memory totals skip them.
     in_place = False
+    #: The output of forward is a new array the layer keeps no reference to, so the next layer
+    #: may overwrite it (Sequential then lets an activation work in place).
+    fresh_output = False
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -93,6 +96,13 @@ class Layer:
             received = getattr(x, "shape", type(x).__name__)
             raise ShapeError(f"{self.label}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
                              f"; received {received}")
+
+    def check_grad(self, dy: np.ndarray, expected: tuple[int, ...]) -> None:
+        """Raise :class:`ShapeError` unless the gradient ``dy`` has the shape of the last forward's output."""
+        if not isinstance(dy, np.ndarray) or dy.shape != tuple(expected):
+            received = getattr(dy, "shape", type(dy).__name__)
+            raise ShapeError(f"{self.label}: backward expected a gradient of shape {tuple(expected)} "
+                             f"(the output of the last forward); received {received}")
 
     def take_cache(self):
         """Return and forget what the last training forward cached (backward frees it)."""

@@ -8,6 +8,7 @@ from ..arithmetic import (as_pair, check_positive, conv_macs, conv_params, unrea
                           windows_2d)
 from ..errors import ConfigError
 from ..init import initial_weight
+from ..ops.conv import conv2d, conv2d_backward
 from ..parameter import Parameter
 from .base import Layer
 
@@ -28,6 +29,8 @@ class Conv2d(Layer):
     ``H2 = floor((H + 2P - D*(K-1) - 1)/S) + 1``, the lecture's ``(H - K + 2P)/S + 1`` for D = 1.
     Parameters: ``weight`` of shape (K_h, K_w, C, N) and ``bias`` (N,): ``N*K*K*C + N`` numbers.
     """
+
+    fresh_output = True
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding=0, dilation=1,
                  use_bias: bool = True, init: str = "auto", name: str | None = None):
@@ -76,3 +79,24 @@ class Conv2d(Layer):
 
     def cached_per_sample(self) -> int:
         return int(np.prod(self.input_shape))
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """``(B, H, W, C) -> (B, H2, W2, N)``; in training, keep the input for backward."""
+        self.check_input(x)
+        bias = self._params["bias"].value if self.use_bias else None
+        y = conv2d(x, self._params["weight"].value, bias, self._windows)
+        self._cache = x if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx``."""
+        x = self.take_cache()
+        self.check_grad(dy, (x.shape[0], *self.output_shape))
+        weight = self._params["weight"]
+        dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows,
+                                             need_weight_grad=weight.trainable)
+        if weight.trainable:
+            weight.accumulate(dweight)
+        if self.use_bias and self._params["bias"].trainable:
+            self._params["bias"].accumulate(dbias)
+        return dx

@@ -7,8 +7,36 @@ import numpy as np
 from ..arithmetic import check_positive, dense_macs, dense_params
 from ..errors import ConfigError, ShapeError
 from ..init import initial_weight
+from ..ops.linear import linear, linear_backward
 from ..parameter import Parameter
 from .base import Layer
+
+
+def channels_first_dense_to_last(weight: np.ndarray, volume_shape: tuple[int, int, int]) -> np.ndarray:
+    """Reorder the input rows of a dense weight ``(in, out)`` trained after a channels-first flatten.
+
+    PyTorch and Caffe flatten a ``(C, H, W)`` volume so that input ``c*H*W + h*W + w`` is
+    pixel ``(h, w)`` of channel ``c``; cnnkit flattens ``(H, W, C)`` so that the same pixel is
+    input ``h*W*C + w*C + c``. The returned weight, shape ``(H*W*C, out)``, gives after
+    cnnkit's :class:`Flatten` exactly what ``weight`` gave after the channels-first flatten.
+    A PyTorch ``nn.Linear`` weight is ``(out, in)``: pass its transpose.
+
+    Args:
+        weight: ``(C*H*W, out)`` in channels-first input order.
+        volume_shape: the volume being flattened, channels last: ``(H, W, C)``.
+    """
+    weight = np.asarray(weight)
+    try:
+        h, w, c = (int(v) for v in volume_shape)
+    except (TypeError, ValueError):
+        raise ShapeError(f"channels_first_dense_to_last: volume_shape must be (H, W, C); "
+                         f"received volume_shape={volume_shape!r}") from None
+    if weight.ndim != 2 or weight.shape[0] != h * w * c:
+        raise ShapeError(f"channels_first_dense_to_last: weight must be (H*W*C, out) = ({h * w * c}, out) for "
+                         f"volume_shape={(h, w, c)}; received {weight.shape} (a torch Linear weight is "
+                         f"(out, in): pass weight.T)")
+    units = weight.shape[1]
+    return np.ascontiguousarray(weight.reshape(c, h, w, units).transpose(1, 2, 0, 3).reshape(h * w * c, units))
 
 
 class Flatten(Layer):
@@ -29,12 +57,24 @@ class Flatten(Layer):
         h, w, _ = self.input_shape if len(self.input_shape) == 3 else (1, 1, 1)
         return field[0].covering(h), field[1].covering(w)
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """A view of ``x`` when it is contiguous (the usual case), else a copy; nothing is cached."""
+        self.check_input(x)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        batch = dy.shape[0] if isinstance(dy, np.ndarray) and dy.ndim else 0
+        self.check_grad(dy, (batch, *self.output_shape))
+        return dy.reshape(dy.shape[0], *self.input_shape)
+
 
 class Dense(Layer):
     """Fully connected: ``y = x @ weight + bias`` with ``weight`` (in, units) and ``bias`` (units,).
 
     Learnable parameters: ``in*units + units``.
     """
+
+    fresh_output = True
 
     def __init__(self, units: int, use_bias: bool = True, init: str = "auto", name: str | None = None):
         super().__init__(name)
@@ -63,6 +103,24 @@ class Dense(Layer):
     def macs(self) -> int:
         return dense_macs(self.input_shape[0], self.units)
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.check_input(x)
+        bias = self._params.get("bias")
+        self._cache = x if training else None  # the weight's gradient needs the input
+        return linear(x, self._params["weight"].value, None if bias is None else bias.value)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x = self.take_cache()
+        self.check_grad(dy, (x.shape[0], self.units))
+        weight, bias = self._params["weight"], self._params.get("bias")
+        dx, dweight, dbias = linear_backward(dy, x, weight.value, need_weight_grad=weight.trainable,
+                                             need_bias_grad=bias is not None and bias.trainable)
+        if dweight is not None:
+            weight.accumulate(dweight)
+        if dbias is not None:
+            bias.accumulate(dbias)
+        return dx
+
     def cached_per_sample(self) -> int:
         return self.input_shape[0]
 
@@ -81,5 +139,23 @@ class Dropout(Layer):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def cached_per_sample(self) -> int:
-        return self.activations()
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Inference returns ``x`` itself (no copy); training returns a new, masked and scaled array."""
+        self.check_input(x)
+        if not training:
+            self._cache = None
+            return x
+        uniform = self._rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+        keep = uniform >= self.rate
+        # the uniform draws are not needed any more: their buffer becomes the output
+        y = np.multiply(x, keep, out=uniform) if uniform.dtype == x.dtype else np.multiply(x, keep)
+        y *= 1.0 / (1.0 - self.rate)
+        self._cache = keep  # a boolean mask, one byte per activation
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        keep = self.take_cache()
+        self.check_grad(dy, keep.shape)
+        dx = np.multiply(dy, keep, dtype=dy.dtype)
+        dx *= 1.0 / (1.0 - self.rate)
+        return dx

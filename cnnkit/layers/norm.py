@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..arithmetic import batchnorm_params
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
+from ..ops.norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
+                        batch_norm_train_backward, update_running)
 from ..parameter import Parameter
 from .base import Layer
 
@@ -19,7 +21,19 @@ class BatchNorm2d(Layer):
     (beta) are learned (2C); ``running_mean`` and ``running_var`` are buffers, saved but not
     learned (2C).
     Works on volumes ``(B, H, W, C)`` and on vectors ``(B, C)``.
+
+    Frozen statistics (fine-tuning with batch norm "frozen", as in ``model.eval()`` for BN
+    only): set ``layer.frozen_stats = True``. Then ``forward(x, training=True)`` normalises
+    with the running statistics, leaves them unchanged, and caches what :meth:`backward`
+    needs; the layer is the affine map ``x * gamma / sqrt(running_var + eps) + shift`` and
+    ``gamma``/``beta`` still learn unless frozen themselves. ``forward(x, training=False)``
+    never caches, whatever the flag.
     """
+
+    fresh_output = True
+
+    #: Use the running statistics (and keep them fixed) even in a training forward.
+    frozen_stats = False
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: str | None = None):
         super().__init__(name)
@@ -42,6 +56,45 @@ class BatchNorm2d(Layer):
 
     def param_count(self) -> int:
         return batchnorm_params(self.input_shape[-1])[0]
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self.check_input(x)
+        gamma, beta = self._params["weight"].value, self._params["bias"].value
+        mean, var = self._buffers["running_mean"], self._buffers["running_var"]
+        self._cache = None
+        if not training:
+            return batch_norm_fixed(x, mean, var, gamma, beta, self.eps)
+        if self.frozen_stats:
+            y, x_hat, inv_std = batch_norm_frozen(x, mean, var, gamma, beta, self.eps)
+            self._cache = ("frozen", x_hat, inv_std)
+            return y
+        count = x.size // x.shape[-1]
+        if count < 2:
+            raise ShapeError(f"{self.label}: training needs more than one value per channel to estimate a "
+                             f"variance; received input shape {x.shape}; use a batch of at least 2, or "
+                             f"frozen_stats = True to normalise with the running statistics")
+        y, x_hat, inv_std, batch_mean, batch_var = batch_norm_train(x, gamma, beta, self.eps)
+        update_running(mean, batch_mean, self.momentum)
+        # the running variance estimates the population: unbiased, as PyTorch
+        update_running(var, batch_var * (count / (count - 1)), self.momentum)
+        self._cache = ("batch", x_hat, inv_std)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        mode, x_hat, inv_std = self.take_cache()
+        self.check_grad(dy, x_hat.shape)
+        gamma, beta = self._params["weight"], self._params["bias"]
+        if mode == "batch":
+            # x_hat was freed from the cache above, so its buffer can become dx
+            dx, dgamma, dbeta = batch_norm_train_backward(dy, x_hat, inv_std, gamma.value, overwrite_x_hat=True)
+        else:
+            dx, dgamma, dbeta = batch_norm_frozen_backward(dy, x_hat, inv_std, gamma.value,
+                                                           need_param_grads=gamma.trainable or beta.trainable)
+        if gamma.trainable:
+            gamma.accumulate(dgamma)
+        if beta.trainable:
+            beta.accumulate(dbeta)
+        return dx
 
     def cached_per_sample(self) -> int:
         return self.activations()  # the normalised input

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..arithmetic import unread_rows, window_output_size, windows_2d
 from ..errors import ConfigError
+from ..ops.pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
+                        global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
 from .base import Layer
 
 
 class _Pool2d(Layer):
     """Shared build of the windowed poolings: each depth slice is pooled independently."""
+
+    fresh_output = True
 
     def __init__(self, pool_size=2, stride=None, padding=0, name: str | None = None):
         super().__init__(name)
@@ -49,6 +55,19 @@ class MaxPool2d(_Pool2d):
     def cached_per_sample(self) -> int:
         return self.activations()  # the index of each maximum
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """``(B, H, W, C) -> (B, H2, W2, C)``; in training, keep which tap won each window."""
+        self.check_input(x)
+        y, winners = max_pool2d(x, self._windows, with_indices=training)
+        self._cache = (winners, x.shape) if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Each output gradient goes to the input pixel that was the maximum."""
+        winners, input_shape = self.take_cache()
+        self.check_grad(dy, (input_shape[0], *self.output_shape))
+        return max_pool2d_backward(dy, winners, self._windows, input_shape)
+
 
 class AvgPool2d(_Pool2d):
     """Average pooling: the mean over each K x K window.
@@ -62,9 +81,24 @@ class AvgPool2d(_Pool2d):
         super().__init__(pool_size, stride, padding, name)
         self.count_include_pad = count_include_pad
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """``(B, H, W, C) -> (B, H2, W2, C)``; backward needs only the input shape."""
+        self.check_input(x)
+        y = avg_pool2d(x, self._windows, self.count_include_pad)
+        self._cache = x.shape if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Each output gradient is shared among the pixels of its window."""
+        input_shape = self.take_cache()
+        self.check_grad(dy, (input_shape[0], *self.output_shape))
+        return avg_pool2d_backward(dy, self._windows, input_shape, self.count_include_pad)
+
 
 class _GlobalPool2d(Layer):
     """Pools each channel over the whole H x W plane, giving a vector of C values."""
+
+    fresh_output = True
 
     def _build(self, input_shape, rng):
         _, _, c = self._require_volume(input_shape)
@@ -78,9 +112,34 @@ class _GlobalPool2d(Layer):
 class GlobalAvgPool2d(_GlobalPool2d):
     """Global average pooling: ``(B, H, W, C) -> (B, C)``."""
 
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The mean of each channel; backward needs only the input shape."""
+        self.check_input(x)
+        self._cache = x.shape if training else None
+        return global_avg_pool2d(x)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Each pixel receives ``dy / (H*W)``."""
+        input_shape = self.take_cache()
+        self.check_grad(dy, (input_shape[0], *self.output_shape))
+        return global_avg_pool2d_backward(dy, input_shape)
+
 
 class GlobalMaxPool2d(_GlobalPool2d):
     """Global max pooling: ``(B, H, W, C) -> (B, C)``."""
 
     def cached_per_sample(self) -> int:
         return self.activations()
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The max of each channel; in training, keep where each maximum was."""
+        self.check_input(x)
+        y, positions = global_max_pool2d(x, with_indices=training)
+        self._cache = (positions, x.shape) if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Each channel's gradient goes to the pixel that held its maximum."""
+        positions, input_shape = self.take_cache()
+        self.check_grad(dy, (input_shape[0], *self.output_shape))
+        return global_max_pool2d_backward(dy, positions, input_shape)

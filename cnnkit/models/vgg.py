@@ -28,7 +28,7 @@ CLASSIFIER_ACTIVATIONS = ("softmax", None)
 def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_classes: int = 1000,
         input_shape: tuple[int, int, int] = (224, 224, 3), pooling: str | None = None,
         classifier_activation: str | None = "softmax", width: float = 1.0, dropout: float = 0.5,
-        seed: int | None = 0, strict: bool = False) -> Sequential:
+        seed: int | None = 0, strict: bool = False, weights: str | None = None) -> Sequential:
     """A VGG network of configuration ``config`` ("A", "B", "C", "D" or "E").
 
     Args:
@@ -40,6 +40,8 @@ def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_cla
         classifier_activation: ``"softmax"`` ends in a softmax layer (``prob``); ``None`` gives scores.
         width: multiplies every channel and fc width (small widths keep tests fast).
         dropout: dropout rate after fc6 and fc7.
+        weights: a weights file to load: torchvision or timm ``.pth``, Keras ``.h5``, a cnnkit
+            model file or safetensors; see :func:`cnnkit.io.load_pretrained`.
     """
     if config not in VGG_CONFIGS:
         raise ConfigError(f"vgg: config must be one of {sorted(VGG_CONFIGS)}; received config={config!r}")
@@ -50,8 +52,12 @@ def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_cla
     elif pooling is not None:
         layers.append((GlobalAvgPool2d if pooling == "avg" else GlobalMaxPool2d)(name="global_pool"))
     name = {"A": "vgg11", "B": "vgg13", "C": "vgg16c", "D": "vgg16", "E": "vgg19"}[config]
-    return Sequential(layers, input_shape=input_shape, seed=seed, strict=strict,
-                      name=name + ("_bn" if batch_norm else ""))
+    model = Sequential(layers, input_shape=input_shape, seed=seed, strict=strict,
+                       name=name + ("_bn" if batch_norm else ""))
+    if weights is not None:
+        from ..io.pretrained import load_pretrained
+        load_pretrained(model, weights)
+    return model
 
 
 def _check_options(include_top, pooling, classifier_activation, width) -> None:
@@ -118,3 +124,24 @@ def vgg16(**options) -> Sequential:
 def vgg19(**options) -> Sequential:
     """VGG configuration E: 16 convolutions and 3 fully connected layers (143,667,240 parameters)."""
     return vgg("E", **options)
+
+
+def vgg_small(input_shape: tuple[int, int, int] = (8, 8, 1), num_classes: int = 10, widths: tuple[int, ...] = (16, 32),
+              dense: int = 64, batch_norm: bool = False, dropout: float = 0.25, seed: int | None = 0
+              ) -> Sequential:
+    """A small VGG-style network sized for small images such as the bundled 8x8 digits.
+
+    One block per entry of ``widths``: two 3x3 convolutions (padding 1) with ReLU, then 2x2 max
+    pooling; then ``Dense(dense)``, ReLU, dropout and the classifier with softmax.
+    """
+    layers = []
+    for block, channels in enumerate(widths, start=1):
+        for index in (1, 2):
+            layers.append(Conv2d(channels, 3, padding=1, name=f"conv{block}_{index}"))
+            if batch_norm:
+                layers.append(BatchNorm2d(name=f"bn{block}_{index}"))
+            layers.append(ReLU(name=f"relu{block}_{index}"))
+        layers.append(MaxPool2d(2, 2, name=f"pool{block}"))
+    layers += [Flatten(name="flatten"), Dense(dense, name="fc1"), ReLU(name="relu_fc1"),
+               Dropout(dropout, name="drop1"), Dense(num_classes, name="fc2"), Softmax(name="prob")]
+    return Sequential(layers, input_shape=input_shape, seed=seed, name="vgg_small")

@@ -1,0 +1,100 @@
+"""Model files and training checkpoints: architecture as JSON, weights as safetensors, one file.
+
+A model file holds the model's state dict as tensors and its architecture (``Sequential.get_config``)
+in the safetensors header, so :func:`load` rebuilds it with no code. A training checkpoint adds the
+optimizer's and schedule's state, the epoch and the history, so ``fit(..., resume=path)``
+continues where a run stopped. Every write goes to a temporary file renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsError
+from .io import read_safetensors, read_safetensors_metadata, write_safetensors
+
+MODEL_FORMAT = "cnnkit-model"
+TRAINING_FORMAT = "cnnkit-training"
+FORMAT_VERSION = "1"
+
+
+def save_model(model, path) -> None:
+    """Write ``model`` (architecture and every parameter and buffer) to ``path``."""
+    metadata = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "architecture": json.dumps(model.get_config())}
+    write_safetensors(path, dict(model.state_dict()), metadata)
+
+
+def load(path):
+    """Rebuild a model saved by :meth:`Sequential.save` (or from a training checkpoint)."""
+    from .model import Sequential
+    metadata = _metadata(path)
+    model = Sequential.from_config(json.loads(metadata["architecture"]))
+    tensors = read_safetensors(path)
+    if metadata["format"] == TRAINING_FORMAT:
+        tensors = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
+    model.load_state_dict(tensors)
+    return model
+
+
+def _metadata(path) -> dict[str, str]:
+    metadata = read_safetensors_metadata(path)
+    if metadata.get("format") not in (MODEL_FORMAT, TRAINING_FORMAT) or "architecture" not in metadata:
+        raise WeightsError(f"{path}: not a cnnkit model file (no cnnkit architecture in its header); "
+                           f"load plain weights with cnnkit.io.read_safetensors and model.load_state_dict")
+    return metadata
+
+
+def save_training_checkpoint(path, model, optimizer, schedule, epoch: int, history) -> None:
+    """Write weights, optimizer and schedule state, the finished epoch count and the history."""
+    tensors = {f"model/{key}": value for key, value in model.state_dict().items()}
+    scalars = {}
+    for key, value in optimizer.state_dict().items():
+        if isinstance(value, np.ndarray):
+            tensors[f"optimizer/{key}"] = value
+        else:
+            scalars[key] = _plain(value)
+    metadata = {"format": TRAINING_FORMAT, "version": FORMAT_VERSION,
+                "architecture": json.dumps(model.get_config()), "epoch": str(epoch),
+                "optimizer_class": type(optimizer).__name__, "optimizer_scalars": json.dumps(scalars),
+                "schedule": json.dumps(schedule.state_dict() if schedule is not None else None,
+                                       default=_plain),
+                "history": json.dumps(history.to_dict())}
+    write_safetensors(path, tensors, metadata)
+
+
+def load_training_checkpoint(path, model, optimizer, schedule):
+    """Restore a training checkpoint into ``model``, ``optimizer`` and ``schedule``; return (epoch, history)."""
+    from .train import History
+    metadata = _metadata(path)
+    if metadata["format"] != TRAINING_FORMAT:
+        raise WeightsError(f"{path}: a model file, not a training checkpoint; resume needs the file that "
+                           f"fit(checkpoint=...) writes")
+    if metadata["optimizer_class"] != type(optimizer).__name__:
+        raise WeightsError(f"{path}: saved with {metadata['optimizer_class']}, but fit was given "
+                           f"{type(optimizer).__name__}; resume with the same optimizer")
+    tensors = read_safetensors(path)
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    state = json.loads(metadata["optimizer_scalars"])
+    state.update({k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")})
+    optimizer.load_state_dict(state)
+    saved_schedule = json.loads(metadata["schedule"])
+    if schedule is not None and saved_schedule is not None:
+        schedule.load_state_dict(saved_schedule)
+    return int(metadata["epoch"]), History.from_dict(json.loads(metadata["history"]))
+
+
+def _plain(value):
+    """NumPy scalars as Python numbers (json writes inf/nan as Infinity/NaN and reads them back)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def is_cnnkit_file(path) -> bool:
+    """True when ``path`` is a safetensors file written by cnnkit."""
+    try:
+        _metadata(Path(path))
+    except WeightsError:
+        return False
+    return True

@@ -1,0 +1,74 @@
+"""Classify photos with a trained or pretrained model, and extract features at a named layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .data import imagenet_classes, imagenet_eval_transform, load_image
+from .errors import ConfigError
+
+MODES = ("caffe", "torch", "tf")
+
+
+def preprocessing_of(model, mode: str | None = None) -> str:
+    """The preprocessing mode: the user's choice, else what the weights were trained with, else ``caffe``."""
+    chosen = mode or model.meta.get("preprocessing") or "caffe"
+    if chosen not in MODES:
+        raise ConfigError(f"preprocessing must be one of {MODES}; received {chosen!r}")
+    return chosen
+
+
+def load_batch(model, paths: Sequence[str], mode: str | None = None) -> np.ndarray:
+    """Read, resize (shorter side 256, centre crop to the model's input) and preprocess images."""
+    height, width, _ = model.input_shape
+    if height != width:
+        raise ConfigError(f"{model.name}: classifying photos needs a square input; the model takes {height}x{width}")
+    transform = imagenet_eval_transform(preprocessing_of(model, mode), resize_to=round(height * 256 / 224),
+                                        crop=height)
+    return np.stack([transform(load_image(path)) for path in paths]).astype(np.float32)
+
+
+def class_names(model) -> Sequence[str]:
+    """The model's class names: its own, or ImageNet's for a 1,000-class model."""
+    names = model.meta.get("class_names")
+    if names:
+        return names
+    classes = model.output_shape[-1]
+    return imagenet_classes() if classes == 1000 else [str(i) for i in range(classes)]
+
+
+def probabilities(model, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Class probabilities, applying a softmax when the model ends in scores."""
+    from .ops.loss import softmax
+    from .train import scoring_layers
+    scores = model.predict(x, batch_size)
+    return scores if len(scoring_layers(model)) < len(model.layers) else softmax(scores)
+
+
+def classify(model, paths: Sequence[str], top: int = 5, mode: str | None = None, batch_size: int = 8) -> list[dict]:
+    """Top-``top`` classes per image: ``[{"image", "predictions": [{"rank", "index", "label", "probability"}]}]``."""
+    if top < 1:
+        raise ConfigError(f"top must be at least 1; received top={top}")
+    names = class_names(model)
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start:start + batch_size])
+        probs = probabilities(model, load_batch(model, chunk, mode), batch_size)
+        for path, row in zip(chunk, probs):
+            order = np.argsort(-row, kind="stable")[:top]
+            results.append({"image": str(path), "predictions": [
+                {"rank": rank, "index": int(i), "label": names[i], "probability": float(row[i])}
+                for rank, i in enumerate(order, start=1)]})
+    return results
+
+
+def extract_features(model, paths: Sequence[str], layer: str, mode: str | None = None,
+                     batch_size: int = 8) -> np.ndarray:
+    """The output of ``layer`` for each image, stacked: ``(N, *layer_output_shape)``."""
+    if len(paths) == 0:
+        raise ConfigError("extract_features: no images given; pass one or more image paths")
+    chunks = [model.features(load_batch(model, paths[start:start + batch_size], mode), layer, batch_size)
+              for start in range(0, len(paths), batch_size)]
+    return np.concatenate(chunks)

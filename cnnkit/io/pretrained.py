@@ -1,0 +1,295 @@
+"""Pretrained VGG weights as users have them, mapped onto cnnkit's layer names and layouts.
+
+Sources, recognised by their keys:
+
+- ``torchvision``: ``features.N.weight`` (OIHW), ``classifier.{0,3,6}.weight`` (out, in). ``N`` is
+  the layer's position in ``features`` (conv, [batch norm], ReLU, ..., max-pool), which is also
+  its position in a cnnkit VGG. fc6's inputs are in PyTorch's channels-first flatten order (c, h, w).
+- ``timm``: as torchvision for the features, with fc6/fc7 stored as convolutions
+  (``pre_logits.fc1.weight`` (4096, 512, 7, 7), ``pre_logits.fc2.weight`` (4096, 4096, 1, 1)) and
+  ``head.fc`` as fc8.
+- ``keras``: ``block1_conv1/kernel`` (HWIO) ... ``fc1``, ``fc2``, ``predictions`` (in, out); Keras
+  flattens channels-last like cnnkit, so fc6 needs no permutation.
+- ``cnnkit``: a cnnkit model file or state dict (``conv1_1.weight`` ...), taken as is.
+
+Each source implies its preprocessing: ``torch`` for torchvision and timm, ``caffe`` for Keras
+(whose VGG weights are the original Caffe release).
+
+Loading plans one copy per model array (which key of the file, which shape it must have, how
+its layout turns into cnnkit's), checks the whole plan before touching the model, then copies
+each array straight into the model's parameter and drops it, so peak memory is about the
+model plus the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WeightsError
+from .keras_h5 import read_keras_h5
+from .safetensors_io import read_safetensors, read_safetensors_metadata
+from .torch_reader import read_torch
+
+PREPROCESSING = {"torchvision": "torch", "timm": "torch", "keras": "caffe", "cnnkit": None}
+TOP = ("fc6", "fc7", "fc8")
+TORCHVISION_DENSE = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
+TIMM_DENSE = {"fc6": "pre_logits.fc1", "fc7": "pre_logits.fc2", "fc8": "head.fc"}
+KERAS_DENSE = {"fc6": "fc1", "fc7": "fc2", "fc8": "predictions"}
+KERAS_NORM = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+# Keys of the file that describe the top (fc6-fc8), skipped when the model has none.
+TOP_PREFIXES = {"torchvision": ("classifier.",), "timm": ("pre_logits.", "head."),
+                "keras": ("fc1/", "fc2/", "predictions/"), "cnnkit": ("fc6.", "fc7.", "fc8.")}
+CONVS_PER_CONFIG = {8: "vgg11", 10: "vgg13", 13: "vgg16 or vgg16c", 16: "vgg19"}
+
+
+def read_weights(path) -> dict[str, np.ndarray]:
+    """Read a weights file by its content: PyTorch (zip or legacy), safetensors, Keras HDF5, or NumPy ``.npz``."""
+    source = Path(os.fspath(path))
+    if not source.is_file():
+        raise WeightsError(f"{source}: no such weights file; pass the path of a .pth, .h5, .safetensors or .npz file")
+    with source.open("rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"\x89HDF"):
+        return read_keras_h5(source)
+    if head.startswith(b"PK") and source.suffix == ".npz":
+        try:
+            with np.load(source, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise WeightsError(f"{source} is not a readable .npz file (truncated?): {error}") from None
+    if source.suffix == ".safetensors":
+        return read_safetensors(source)
+    return read_torch(source)
+
+
+def detect_source(state: dict[str, np.ndarray]) -> str:
+    """Which release a state dict comes from: ``torchvision``, ``timm``, ``keras`` or ``cnnkit``."""
+    keys = set(state)
+    if any(key.startswith(("pre_logits.", "head.fc.")) for key in keys):
+        return "timm"
+    if any(key.startswith("features.") for key in keys):
+        return "torchvision"
+    if any(key.startswith("block1_conv1/") for key in keys):
+        return "keras"
+    if any(key.startswith("conv1_1.") for key in keys):
+        return "cnnkit"
+    sample = sorted(keys)[:5]
+    raise WeightsError(f"cannot tell which VGG release these weights come from (first keys: {sample}); "
+                       f"expected torchvision ('features.0.weight'), timm ('pre_logits.fc1.weight'), "
+                       f"Keras ('block1_conv1/kernel') or cnnkit ('conv1_1.weight') names")
+
+
+def to_cnnkit(state: dict[str, np.ndarray], model, source: str, include_top: bool | None = None
+              ) -> dict[str, np.ndarray]:
+    """``state`` renamed and re-laid-out into new arrays with ``model``'s names; the model is not touched.
+
+    Raises:
+        WeightsError: keys are missing or unexpected, or shapes disagree (all listed at once).
+    """
+    plan = _plan(model, source, _has_top(model, include_top))
+    _check(state, plan, model, source, _has_top(model, include_top))
+    targets = model.state_dict()
+    converted = {key: np.empty_like(targets[key]) for key in plan}
+    _fill(dict(state), plan, converted)
+    return converted
+
+
+def load_pretrained(model, path, include_top: bool | None = None) -> str:
+    """Load a VGG weights file into ``model``; return the source detected.
+
+    Every key and shape is checked before anything is copied, and all mismatches are reported
+    at once. ``include_top=False`` loads only the convolutional part (the file's fc6-fc8 are
+    ignored and the model's, if any, keep their values); by default the top is loaded when the
+    model has one. Sets ``model.meta["preprocessing"]`` to the mode the weights were trained with.
+    """
+    state = read_weights(path)
+    preprocessing = None
+    if _is_cnnkit_model_file(path):
+        state, preprocessing = _cnnkit_model_state(path, state)
+    source = detect_source(state)
+    top = _has_top(model, include_top)
+    plan = _plan(model, source, top)
+    try:
+        _check(state, plan, model, source, top)
+    except WeightsError as error:
+        raise WeightsError(f"{path} ({source} layout) does not fit {model.name}: {error}") from None
+    _fill(state, plan, model.state_dict())
+    preprocessing = preprocessing or PREPROCESSING[source]
+    if preprocessing is not None:
+        model.meta["preprocessing"] = preprocessing
+    return source
+
+
+def _has_top(model, include_top: bool | None) -> bool:
+    return "fc6" in model.layer_names() if include_top is None else include_top
+
+
+def _is_cnnkit_model_file(path) -> bool:
+    if Path(path).suffix != ".safetensors":
+        return False
+    return read_safetensors_metadata(path).get("format", "").startswith("cnnkit")
+
+
+def _cnnkit_model_state(path, state) -> tuple[dict[str, np.ndarray], str | None]:
+    """A cnnkit model file's (or training checkpoint's) weights, and the preprocessing it was saved with."""
+    if any(key.startswith("model/") for key in state):
+        state = {key[len("model/"):]: value for key, value in state.items() if key.startswith("model/")}
+    try:
+        meta = json.loads(read_safetensors_metadata(path).get("architecture", "{}")).get("meta", {})
+    except (json.JSONDecodeError, AttributeError):
+        meta = {}
+    return state, meta.get("preprocessing") if isinstance(meta, dict) else None
+
+
+# ----------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """How one model array is filled: from which key of the file, of which shape, by which re-layout."""
+
+    key: str
+    shape: tuple[int, ...]
+    fill: Callable[[np.ndarray, np.ndarray], None]  # fill(target, source) writes into target
+
+
+def _plan(model, source: str, include_top: bool) -> dict[str, _Copy]:
+    plan = {}
+    for name, target in model.state_dict().items():
+        layer, _, local = name.partition(".")
+        if layer in TOP and not include_top:
+            continue
+        plan[name] = _copy_for(model, source, layer, local, target.shape)
+    return plan
+
+
+def _copy_for(model, source: str, layer: str, local: str, shape: tuple[int, ...]) -> _Copy:
+    if source == "cnnkit":
+        return _Copy(f"{layer}.{local}", shape, _assign)
+    if source == "keras":
+        return _Copy(_keras_key(layer, local), shape, _assign)
+    if layer in TOP:
+        return _torch_dense(model, source, layer, local, shape)
+    key = f"features.{model.index(layer)}.{local}"
+    if len(shape) == 4:  # HWIO <- OIHW
+        h, w, i, o = shape
+        return _Copy(key, (o, i, h, w), _from_oihw)
+    return _Copy(key, shape, _assign)
+
+
+def _keras_key(layer: str, local: str) -> str:
+    if layer in KERAS_DENSE:
+        return f"{KERAS_DENSE[layer]}/{'kernel' if local == 'weight' else local}"
+    block = re.fullmatch(r"(conv|bn)(\d+)_(\d+)", layer)
+    if block is None:
+        return f"{layer}/{local}"
+    if block.group(1) == "conv":
+        return f"block{block.group(2)}_conv{block.group(3)}/{'kernel' if local == 'weight' else local}"
+    return f"block{block.group(2)}_bn{block.group(3)}/{KERAS_NORM.get(local, local)}"
+
+
+def _torch_dense(model, source: str, layer: str, local: str, shape: tuple[int, ...]) -> _Copy:
+    """fc6-fc8 from torchvision's Linear (out, in) or timm's convolutions (out, C, H, W) / (out, in, 1, 1)."""
+    prefix = (TIMM_DENSE if source == "timm" else TORCHVISION_DENSE)[layer]
+    key = f"{prefix}.{local}"
+    if local != "weight":
+        return _Copy(key, shape, _assign)
+    n_in, n_out = shape
+    volume = model[model.index(layer) - 1].input_shape if layer == "fc6" else None
+    if layer == "fc6" and volume is not None and len(volume) == 3:
+        h, w, c = volume
+        if source == "timm":
+            return _Copy(key, (n_out, c, h, w), _from_conv_dense(h, w, c))
+        return _Copy(key, (n_out, n_in), _from_channels_first(h, w, c))
+    if source == "timm" and layer == "fc7":
+        return _Copy(key, (n_out, n_in, 1, 1), _from_pointwise)
+    return _Copy(key, (n_out, n_in), _from_out_in)
+
+
+def _assign(target: np.ndarray, source: np.ndarray) -> None:
+    target[...] = source
+
+
+def _from_oihw(target: np.ndarray, source: np.ndarray) -> None:
+    target[...] = source.transpose(2, 3, 1, 0)
+
+
+def _from_out_in(target: np.ndarray, source: np.ndarray) -> None:
+    target[...] = source.T
+
+
+def _from_pointwise(target: np.ndarray, source: np.ndarray) -> None:
+    target[...] = source.reshape(source.shape[:2]).T
+
+
+def _from_channels_first(h: int, w: int, c: int):
+    """fc6 of a (c, h, w) flatten: write each input row to its (h, w, c) position, with no temporary copy."""
+    def fill(target: np.ndarray, source: np.ndarray) -> None:
+        _rows_view(target, h, w, c)[...] = source.reshape(-1, c, h, w).transpose(2, 3, 1, 0)
+    return fill
+
+
+def _from_conv_dense(h: int, w: int, c: int):
+    """fc6 stored as an (out, c, h, w) convolution over the whole pool5 volume."""
+    def fill(target: np.ndarray, source: np.ndarray) -> None:
+        _rows_view(target, h, w, c)[...] = source.transpose(2, 3, 1, 0)
+    return fill
+
+
+def _rows_view(target: np.ndarray, h: int, w: int, c: int) -> np.ndarray:
+    view = target.reshape(h, w, c, -1)
+    assert np.shares_memory(view, target), "fc6 weight must be contiguous to be filled in place"
+    return view
+
+
+# ----------------------------------------------------------------- checking and copying
+
+
+def _check(state, plan: dict[str, _Copy], model, source: str, include_top: bool) -> None:
+    """Raise one WeightsError listing every missing key, unexpected key and wrong shape."""
+    wanted = {copy.key for copy in plan.values()}
+    missing = [f"{copy.key} ({name})" for name, copy in plan.items() if copy.key not in state]
+    wrong = [f"{copy.key} ({name}): file {tuple(np.shape(state[copy.key]))}, model needs {copy.shape}"
+             for name, copy in plan.items()
+             if copy.key in state and tuple(np.shape(state[copy.key])) != copy.shape]
+    unexpected = [key for key in state if key not in wanted and not _ignorable(key, source, include_top)]
+    problems = [f"{len(found)} {what}: {', '.join(found)}"
+                for what, found in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("wrong shapes", wrong)) if found]
+    if problems:
+        hint = _hint(state, model, source)
+        raise WeightsError("; ".join(problems) + (f". {hint}" if hint else ""))
+
+
+def _ignorable(key: str, source: str, include_top: bool) -> bool:
+    return key.endswith("num_batches_tracked") or (not include_top and key.startswith(TOP_PREFIXES[source]))
+
+
+def _hint(state, model, source: str) -> str:
+    """Name the likely cause: another VGG configuration, batch norm on one side only, or another width."""
+    pattern = {"keras": r"block\d+_conv\d+/kernel", "cnnkit": r"conv\d+_\d+\.weight"}.get(source, r"features\.\d+\.weight")
+    in_file = sum(1 for key, value in state.items() if re.fullmatch(pattern, key) and np.ndim(value) == 4)
+    in_model = sum(1 for name in model.layer_names() if re.fullmatch(r"conv\d+_\d+", name))
+    if in_file != in_model:
+        guess = CONVS_PER_CONFIG.get(in_file, "another architecture")
+        return (f"The file holds {in_file} convolutions ({guess}), {model.name} has {in_model}: "
+                f"build the architecture the weights were trained as")
+    file_norm = any(key.endswith(("running_mean", "moving_mean")) for key in state)
+    model_norm = any(re.fullmatch(r"bn\d+_\d+", name) for name in model.layer_names())
+    if file_norm != model_norm:
+        return f"The file {'has' if file_norm else 'has no'} batch norm: build the model with batch_norm={file_norm}"
+    return ("The layers match but their sizes do not: the weights are of another width, number of classes "
+            "or input size (fc6 sees the pool5 volume)")
+
+
+def _fill(state: dict, plan: dict[str, _Copy], targets: dict[str, np.ndarray]) -> None:
+    """Copy each planned array into its target, dropping the file's array as soon as it is copied."""
+    for name, copy in plan.items():
+        copy.fill(targets[name], state.pop(copy.key))

@@ -1,0 +1,135 @@
+"""2-D convolution (cross-correlation, as in every framework) as one matrix product.
+
+Channels-last makes each window of the padded input a row of ``Kh*Kw*C`` numbers in the
+same order as the weight ``(Kh, Kw, C, N)`` reshaped to ``(Kh*Kw*C, N)``, so::
+
+    y[b, i, j, :] = cols[b*Ho*Wo + i*Wo + j, :] @ weight.reshape(Kh*Kw*C, N) + bias
+
+with ``cols`` the windowed view of the padded input flattened to ``(B*Ho*Wo, Kh*Kw*C)``
+(im2col). The flattening copies, so it is done a few images at a time into one reused
+buffer. Backward is the same product transposed: ``dweight = cols^T @ dy``,
+``dbias = sum(dy)``, and ``dcols = dy @ weight^T`` scattered back with :func:`window_add`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, windowed_view
+
+#: Numbers in one im2col buffer (64 MB of float32); always at least one image.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows) -> np.ndarray:
+    """Convolve ``x`` (B, H, W, C) with ``weight`` (Kh, Kw, C, N) and add ``bias`` (N,) or None.
+
+    Returns ``(B, Ho, Wo, N)`` in the dtype of ``x`` with
+    ``Ho = floor((H + P_before + P_after - D*(Kh - 1) - 1)/S) + 1`` (likewise Wo).
+    """
+    weight = _match_dtype(weight, x)
+    kh, kw, c, n = weight.shape
+    if _is_pointwise(weight, windows):
+        # a 1x1 stride-1 convolution is already a matrix product: no window copy
+        y = np.matmul(x.reshape(-1, c), weight.reshape(c, n)).reshape(*x.shape[:3], n)
+    else:
+        view = windowed_view(pad(x, windows), windows)
+        b, ho, wo = view.shape[:3]
+        y = np.empty((b, ho, wo, n), dtype=x.dtype)
+        y2 = y.reshape(-1, n)
+        w2 = weight.reshape(kh * kw * c, n)
+        for rows, cols in _im2col_chunks(view):
+            np.matmul(cols, w2, out=y2[rows])
+    if bias is not None:
+        y += _match_dtype(bias, x)
+    return y
+
+
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows,
+                    need_input_grad: bool = True, need_weight_grad: bool = True
+                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d` given ``dy`` (B, Ho, Wo, N).
+
+    ``dx`` is None when ``need_input_grad`` is False (a first layer), ``dweight`` is None when
+    ``need_weight_grad`` is False (a frozen layer), which skips a third of the work each.
+    """
+    weight = _match_dtype(weight, x)
+    kh, kw, c, n = weight.shape
+    dy2 = _match_dtype(dy, x).reshape(-1, n)
+    dbias = dy2.sum(axis=0)
+    w2 = weight.reshape(kh * kw * c, n)
+    if _is_pointwise(weight, windows):
+        x2 = x.reshape(-1, c)
+        dweight = np.matmul(x2.T, dy2).reshape(weight.shape) if need_weight_grad else None
+        dx = np.matmul(dy2, w2.T).reshape(x.shape) if need_input_grad else None
+        return dx, dweight, dbias
+    view = windowed_view(pad(x, windows), windows)
+    dweight = np.zeros_like(w2) if need_weight_grad else None
+    dxp = np.zeros(padded_shape(x.shape, windows), dtype=x.dtype) if need_input_grad else None
+    if need_weight_grad or need_input_grad:
+        _backward_chunks(dy2, view, w2, dweight, dxp, windows)
+    dx = unpad(dxp, windows) if need_input_grad else None
+    return dx, (dweight.reshape(weight.shape) if need_weight_grad else None), dbias
+
+
+def _backward_chunks(dy2, view, w2, dweight, dxp, windows) -> None:
+    """Accumulate ``dweight`` and scatter ``dxp`` a few images at a time (either may be None)."""
+    per_image = int(np.prod(view.shape[1:3]))
+    chunks = _im2col_chunks(view) if dweight is not None else _row_chunks(view)
+    dcols_buffer = None
+    partial = np.empty_like(dweight) if dweight is not None else None
+    for rows, cols in chunks:
+        dy_chunk = dy2[rows]
+        if dweight is not None:
+            np.matmul(cols.T, dy_chunk, out=partial)
+            dweight += partial
+        if dxp is not None:
+            if dcols_buffer is None:
+                dcols_buffer = np.empty((dy_chunk.shape[0], w2.shape[0]), dtype=dxp.dtype)
+            dcols = dcols_buffer[:dy_chunk.shape[0]]
+            np.matmul(dy_chunk, w2.T, out=dcols)
+            images = slice(rows.start // per_image, rows.stop // per_image)
+            window_add(dxp[images], dcols.reshape(-1, *view.shape[1:]), windows)
+
+
+def _im2col_chunks(view: np.ndarray):
+    """Yield ``(rows, cols)``: consecutive output rows and their windows as a 2-D copy.
+
+    ``cols`` is a reused buffer, valid until the next iteration.
+    """
+    per_row = int(np.prod(view.shape[3:]))
+    buffer = None
+    for rows, images in _chunk_ranges(view):
+        count = rows.stop - rows.start
+        if buffer is None:
+            buffer = np.empty((count, per_row), dtype=view.dtype)
+        cols = buffer[:count]
+        np.copyto(cols.reshape(images.stop - images.start, *view.shape[1:]), view[images])
+        yield rows, cols
+
+
+def _row_chunks(view: np.ndarray):
+    """The row ranges of :func:`_im2col_chunks` without building the columns."""
+    for rows, _ in _chunk_ranges(view):
+        yield rows, None
+
+
+def _chunk_ranges(view: np.ndarray):
+    """Split the batch so that one chunk's columns hold about :data:`CHUNK_ELEMENTS` numbers."""
+    batch = view.shape[0]
+    per_image = int(np.prod(view.shape[1:3]))
+    images_per_chunk = max(1, CHUNK_ELEMENTS // max(1, view[0].size))
+    for start in range(0, batch, images_per_chunk):
+        stop = min(batch, start + images_per_chunk)
+        yield slice(start * per_image, stop * per_image), slice(start, stop)
+
+
+def _is_pointwise(weight: np.ndarray, windows: Windows) -> bool:
+    """A 1x1 kernel with stride 1 and no padding reads each pixel exactly once, in place."""
+    return (weight.shape[:2] == (1, 1) and not has_padding(windows)
+            and all(win.stride == 1 for win in windows))
+
+
+def _match_dtype(array: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``array`` in the dtype of ``like`` (no copy when it already is): outputs follow the input."""
+    return array.astype(like.dtype, copy=False)

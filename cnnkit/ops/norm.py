@@ -1,0 +1,112 @@
+"""Batch normalisation kernels over the last (channel) axis of a channels-last array.
+
+Statistics are taken per channel over every other axis: ``(B, H, W)`` for a volume
+``(B, H, W, C)``, ``B`` for vectors ``(B, C)``. With ``N`` the number of values per channel:
+
+- training:  ``mu = mean(x)``, ``var = mean((x - mu)^2)`` (biased), ``x_hat = (x - mu) / sqrt(var + eps)``,
+  ``y = gamma * x_hat + beta``;
+- the backward of that, through the mean and the variance:
+  ``dx = gamma / sqrt(var + eps) / N * (N * dy - sum(dy) - x_hat * sum(dy * x_hat))``;
+- with fixed statistics (inference, or frozen-statistics fine-tuning) the map is affine,
+  ``y = x * scale + shift``, and ``dx = dy * gamma / sqrt(running_var + eps)``.
+
+``gamma``/``beta`` gradients are ``sum(dy * x_hat)`` and ``sum(dy)`` in both cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """View ``x`` as ``(N, C)``: one row per position, one column per channel."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Normalise with the batch's statistics.
+
+    Returns ``(y, x_hat, inv_std, mean, var)`` with ``var`` the biased batch variance;
+    ``x_hat`` and ``inv_std`` are what :func:`batch_norm_train_backward` needs.
+    """
+    rows = _rows(x)
+    dtype = x.dtype
+    mean = rows.mean(axis=0)
+    x_hat = rows - mean
+    var = np.einsum("ij,ij->j", x_hat, x_hat) / rows.shape[0]  # no (N, C) temporary for the squares
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat *= inv_std
+    y = np.multiply(x_hat, gamma.astype(dtype, copy=False))
+    y += beta.astype(dtype, copy=False)
+    return y.reshape(x.shape), x_hat.reshape(x.shape), inv_std, mean, var
+
+
+def batch_norm_train_backward(dy: np.ndarray, x_hat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
+                              overwrite_x_hat: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(dx, dgamma, dbeta)`` for a forward that used the batch's statistics.
+
+    With ``overwrite_x_hat`` the (no longer needed) ``x_hat`` buffer becomes ``dx``, so the
+    backward allocates no full-size array.
+    """
+    dy_rows, xh_rows = _rows(dy), _rows(x_hat)
+    count = dy_rows.shape[0]
+    dbeta = dy_rows.sum(axis=0)
+    dgamma = np.einsum("ij,ij->j", dy_rows, xh_rows)
+    dx = xh_rows if overwrite_x_hat else xh_rows.copy()
+    dx *= dgamma / count
+    np.subtract(dy_rows, dx, out=dx)
+    dx -= dbeta / count
+    dx *= (gamma * inv_std).astype(dx.dtype, copy=False)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def batch_norm_fixed(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                     eps: float) -> np.ndarray:
+    """Normalise with given statistics (running mean and variance): an affine map per channel."""
+    scale, shift = fixed_scale_shift(mean, var, gamma, beta, eps, x.dtype)
+    y = np.multiply(x, scale)
+    y += shift
+    return y
+
+
+def fixed_scale_shift(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                      dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel ``(scale, shift)`` of batch norm with fixed statistics, in ``dtype``."""
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+    shift = beta - mean * scale
+    return scale.astype(dtype), shift.astype(dtype)
+
+
+def batch_norm_frozen(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                      eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed statistics, kept for a backward: returns ``(y, x_hat, inv_std)``.
+
+    The same map as :func:`batch_norm_fixed`, computed through ``x_hat`` because the gradient of
+    ``gamma`` needs it (forming it from ``x`` in the backward would cancel digits when
+    ``|mean| >> std``).
+    """
+    dtype = x.dtype
+    inv_std = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(dtype)
+    x_hat = np.subtract(x, mean.astype(dtype, copy=False))
+    x_hat *= inv_std
+    y = np.multiply(x_hat, gamma.astype(dtype, copy=False))
+    y += beta.astype(dtype, copy=False)
+    return y, x_hat, inv_std
+
+
+def batch_norm_frozen_backward(dy: np.ndarray, x_hat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
+                               need_param_grads: bool = True
+                               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Return ``(dx, dgamma, dbeta)`` for a forward with fixed statistics (they are constants here)."""
+    dx = np.multiply(dy, (gamma * inv_std).astype(dy.dtype, copy=False))
+    if not need_param_grads:
+        return dx, None, None
+    dy_rows = _rows(dy)
+    return dx, np.einsum("ij,ij->j", dy_rows, _rows(x_hat)), dy_rows.sum(axis=0)
+
+
+def update_running(running: np.ndarray, batch: np.ndarray, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch``, in place (PyTorch's rule)."""
+    running *= 1.0 - momentum
+    running += (momentum * batch).astype(running.dtype, copy=False)
