@@ -16,7 +16,7 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 bench: $(TEST_STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,171 @@
+"""One benchmark case in one framework, in its own process; prints a JSON line of timings.
+
+Run by ``benchmarks/run.py``; never imports both frameworks (their thread pools would fight).
+    python -m benchmarks.worker --framework cnnkit --case vgg16_infer_b8 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+
+VGG16_CONV_SHAPES = [  # (spatial size, input channels, filters), each distinct 3x3 convolution of VGG16
+    (224, 3, 64), (224, 64, 64), (112, 64, 128), (112, 128, 128), (56, 128, 256), (56, 256, 256),
+    (28, 256, 512), (28, 512, 512), (14, 512, 512)]
+CONV_BATCH = 8
+SMALL_BATCH = 128
+
+
+def conv_case_name(size: int, cin: int, cout: int) -> str:
+    return f"conv_{size}x{size}x{cin}_to_{cout}"
+
+
+def conv_flops(size: int, cin: int, cout: int, batch: int = CONV_BATCH) -> float:
+    """Direct-algorithm floating point operations of one forward: 2 * multiply-adds."""
+    return 2.0 * batch * size * size * cout * 9 * cin
+
+
+def time_calls(fn, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# ----------------------------------------------------------------- cnnkit
+
+def cnnkit_small_net():
+    from cnnkit import Sequential
+    from cnnkit.layers import Conv2d, Dense, Flatten, MaxPool2d, ReLU
+    layers = []
+    for width in (32, 64, 128):
+        layers += [Conv2d(width, 3, padding=1), ReLU(), Conv2d(width, 3, padding=1), ReLU(), MaxPool2d(2)]
+    layers += [Flatten(), Dense(256), ReLU(), Dense(10)]
+    return Sequential(layers, input_shape=(32, 32, 3))
+
+
+def cnnkit_case(case: str, repeats: int) -> dict:
+    import cnnkit
+    from cnnkit.optim import SGD
+    from cnnkit.train import train_step
+    rng = np.random.default_rng(0)
+    if case.startswith("vgg16_infer_b"):
+        batch = int(case.rsplit("b", 1)[1])
+        model = cnnkit.models.vgg16()
+        x = rng.standard_normal((batch, 224, 224, 3), dtype=np.float32)
+        return {"times": time_calls(lambda: model.forward(x), repeats), "images": batch}
+    if case in ("vgg16_train_b8", "small_train_b128"):
+        batch = 8 if case == "vgg16_train_b8" else SMALL_BATCH
+        model = cnnkit.models.vgg16(classifier_activation=None) if batch == 8 else cnnkit_small_net()
+        size = 224 if batch == 8 else 32
+        x = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+        y = rng.integers(0, model.output_shape[-1], batch)
+        optimizer = SGD(lr=1e-4, momentum=0.9, params=model.parameters())
+        return {"times": time_calls(lambda: train_step(model, optimizer, x, y), repeats), "images": batch}
+    for size, cin, cout in VGG16_CONV_SHAPES:
+        if case == conv_case_name(size, cin, cout):
+            layer = cnnkit.layers.Conv2d(cout, 3, padding=1)
+            layer.build((size, size, cin), rng)
+            x = rng.standard_normal((CONV_BATCH, size, size, cin), dtype=np.float32)
+            dy = rng.standard_normal((CONV_BATCH, size, size, cout), dtype=np.float32)
+            forward = time_calls(lambda: layer.forward(x, training=True), repeats)
+            backward = []
+            for _ in range(repeats + 1):
+                layer.zero_grad()
+                layer.forward(x, training=True)
+                start = time.perf_counter()
+                layer.backward(dy)
+                backward.append(time.perf_counter() - start)
+            return {"times": forward, "backward": backward[1:], "flops": conv_flops(size, cin, cout)}
+    raise SystemExit(f"unknown case {case}")
+
+
+# ----------------------------------------------------------------- PyTorch
+
+def torch_vgg16(nn):
+    layers, channels = [], 3
+    for block, (width, convs) in enumerate(zip((64, 128, 256, 512, 512), (2, 2, 3, 3, 3))):
+        for _ in range(convs):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
+        layers.append(nn.MaxPool2d(2, 2))
+    layers += [nn.Flatten(), nn.Linear(25088, 4096), nn.ReLU(inplace=True), nn.Dropout(),
+               nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(4096, 1000)]
+    return nn.Sequential(*layers)
+
+
+def torch_small_net(nn):
+    layers, channels = [], 3
+    for width in (32, 64, 128):
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True),
+                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        channels = width
+    layers += [nn.Flatten(), nn.Linear(128 * 16, 256), nn.ReLU(inplace=True), nn.Linear(256, 10)]
+    return nn.Sequential(*layers)
+
+
+def torch_case(case: str, repeats: int) -> dict:
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    if case.startswith("vgg16_infer_b"):
+        batch = int(case.rsplit("b", 1)[1])
+        model = torch_vgg16(nn).eval()
+        x = torch.randn(batch, 3, 224, 224)
+
+        def infer():
+            with torch.inference_mode():
+                model(x)
+        return {"times": time_calls(infer, repeats), "images": batch}
+    if case in ("vgg16_train_b8", "small_train_b128"):
+        batch = 8 if case == "vgg16_train_b8" else SMALL_BATCH
+        model = torch_vgg16(nn) if batch == 8 else torch_small_net(nn)
+        size = 224 if batch == 8 else 32
+        x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+        def step():
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return {"times": time_calls(step, repeats), "images": batch}
+    for size, cin, cout in VGG16_CONV_SHAPES:
+        if case == conv_case_name(size, cin, cout):
+            conv = nn.Conv2d(cin, cout, 3, padding=1)
+            x = torch.randn(CONV_BATCH, cin, size, size, requires_grad=True)
+            dy = torch.randn(CONV_BATCH, cout, size, size)
+            forward = time_calls(lambda: conv(x), repeats)
+            backward = []
+            for _ in range(repeats + 1):
+                conv.zero_grad()
+                x.grad = None
+                y = conv(x)
+                start = time.perf_counter()
+                y.backward(dy)
+                backward.append(time.perf_counter() - start)
+            return {"times": forward, "backward": backward[1:], "flops": conv_flops(size, cin, cout)}
+    raise SystemExit(f"unknown case {case}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--framework", choices=("cnnkit", "torch"), required=True)
+    parser.add_argument("--case", required=True)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    run = cnnkit_case if args.framework == "cnnkit" else torch_case
+    result = run(args.case, args.repeats)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
