@@ -105,6 +105,82 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viz(args: argparse.Namespace) -> int:
+    from . import viz
+    from .viz.inputs import load_input, load_model, load_test_data
+    if args.picture == "functions":
+        fig = viz.activation_functions()
+    elif args.picture == "curves":
+        fig = viz.curves(args.source)
+    else:
+        model = load_model(args.model)
+        if args.picture == "filters":
+            fig = viz.filters(model, args.layer, mode=args.mode, max_filters=args.max_filters)
+        elif args.picture == "activations":
+            fig = viz.activations(model, load_input(model, args.image), args.layer, n=args.n,
+                                  most_active=args.most_active)
+        elif args.picture == "confusion":
+            fig = viz.confusion(model, load_test_data(args.data, model, seed=args.seed), normalize=args.normalize)
+        else:
+            image = load_input(model, args.image) if args.image else None
+            fig = viz.receptive_field(model, args.layer, image)
+    print(f"wrote {viz.save(fig, args.out)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .viz import write_report
+    from .viz.inputs import load_model, load_test_data
+    data = load_test_data(args.data, load_model(args.run_dir), seed=args.seed) if args.data else None
+    print(f"wrote {write_report(args.run_dir, data=data, out=args.out)}")
+    return 0
+
+
+def _add_viz_commands(commands) -> None:
+    """``cnnkit viz PICTURE ... --out FILE`` and ``cnnkit report RUN_DIR`` (need ``cnnkit[viz]``)."""
+    viz = commands.add_parser("viz", help="draw a picture of a model or a run as PNG or SVG (needs cnnkit[viz])")
+    pictures = viz.add_subparsers(dest="picture", required=True, metavar="PICTURE")
+    model_help = "a cnnkit model file, or a run folder holding model.safetensors"
+    image_help = "an image file, or digits:N for the N-th bundled test digit"
+    kinds = {
+        "filters": pictures.add_parser("filters", help="the filters of a convolution as a grid"),
+        "activations": pictures.add_parser("activations", help="the activation maps of a layer for one image"),
+        "curves": pictures.add_parser("curves", help="loss and accuracy per epoch"),
+        "confusion": pictures.add_parser("confusion", help="the confusion matrix on a test set"),
+        "functions": pictures.add_parser("functions", help="sigmoid, tanh, ReLU, leaky ReLU and derivatives"),
+        "receptive-field": pictures.add_parser("receptive-field", help="the input region one unit of a layer sees"),
+    }
+    for name in ("filters", "activations", "confusion", "receptive-field"):
+        kinds[name].add_argument("--model", required=True, help=model_help)
+    kinds["filters"].add_argument("--layer", default=None, help="a convolution's name (default: the first)")
+    kinds["filters"].add_argument("--mode", choices=("auto", "rgb", "mean", "channels"), default="auto",
+                                  help="rgb: colour tiles; mean: mean over input channels; channels: one "
+                                       "tile per input channel (auto: rgb for 3 channels, else mean)")
+    kinds["filters"].add_argument("--max-filters", type=int, default=64)
+    kinds["activations"].add_argument("--image", required=True, help=image_help)
+    kinds["activations"].add_argument("--layer", default=None, help="layer name (default: the first convolution)")
+    kinds["activations"].add_argument("--n", type=int, default=16, help="how many maps (default 16)")
+    kinds["activations"].add_argument("--most-active", action="store_true",
+                                      help="the n maps with the largest mean instead of the first n")
+    kinds["curves"].add_argument("source", help="a run folder, metrics.csv, metrics.jsonl or report.json")
+    kinds["confusion"].add_argument("--data", default="digits", help="'digits' or a folder of class sub-folders")
+    kinds["confusion"].add_argument("--seed", type=int, default=0, help="the split seed of a folder without test/")
+    kinds["confusion"].add_argument("--normalize", action="store_true", help="fractions of each true class")
+    kinds["receptive-field"].add_argument("--layer", required=True, help="layer name, e.g. conv2_2")
+    kinds["receptive-field"].add_argument("--image", default=None, help=image_help + " (default: a blank grid)")
+    for command in kinds.values():
+        command.add_argument("--out", required=True, help="output file, .png or .svg")
+    viz.set_defaults(run=_viz)
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: one self-contained page of a run "
+                                                "(needs cnnkit[viz])")
+    report.add_argument("run_dir", help="a folder written by `cnnkit train` or `cnnkit transfer`")
+    report.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
+    report.add_argument("--data", default=None, help="data for the confusion matrix (default: the run's own)")
+    report.add_argument("--seed", type=int, default=0, help="the split seed of a folder without test/")
+    report.set_defaults(run=_report)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -176,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--epochs", type=int, default=15)
     experiment.add_argument("--seed", type=int, default=0)
     experiment.set_defaults(run=_experiment)
+    _add_viz_commands(commands)
     return parser
 
 

@@ -93,8 +93,9 @@ def to_cnnkit(state: dict[str, np.ndarray], model, source: str, include_top: boo
     Raises:
         WeightsError: keys are missing or unexpected, or shapes disagree (all listed at once).
     """
-    plan = _plan(model, source, _has_top(model, include_top))
-    _check(state, plan, model, source, _has_top(model, include_top))
+    top = _has_top(model, include_top)
+    plan = _plan(model, source, top)
+    _check(state, plan, model, source, top)
     targets = model.state_dict()
     converted = {key: np.empty_like(targets[key]) for key in plan}
     _fill(dict(state), plan, converted)
@@ -264,7 +265,8 @@ def _check(state, plan: dict[str, _Copy], model, source: str, include_top: bool)
                 for what, found in (("missing keys", missing), ("unexpected keys", unexpected),
                                     ("wrong shapes", wrong)) if found]
     if problems:
-        hint = _hint(state, model, source)
+        hint = _hint(state, model, source, bool(wrong), any(name.startswith(TOP) for name in plan
+                                                             if plan[name].key not in state))
         raise WeightsError("; ".join(problems) + (f". {hint}" if hint else ""))
 
 
@@ -272,9 +274,10 @@ def _ignorable(key: str, source: str, include_top: bool) -> bool:
     return key.endswith("num_batches_tracked") or (not include_top and key.startswith(TOP_PREFIXES[source]))
 
 
-def _hint(state, model, source: str) -> str:
-    """Name the likely cause: another VGG configuration, batch norm on one side only, or another width."""
-    pattern = {"keras": r"block\d+_conv\d+/kernel", "cnnkit": r"conv\d+_\d+\.weight"}.get(source, r"features\.\d+\.weight")
+def _hint(state, model, source: str, wrong_shapes: bool, top_missing: bool) -> str:
+    """Name the likely cause: another VGG configuration, batch norm on one side only, another width, no top."""
+    patterns = {"keras": r"block\d+_conv\d+/kernel", "cnnkit": r"conv\d+_\d+\.weight"}
+    pattern = patterns.get(source, r"features\.\d+\.weight")
     in_file = sum(1 for key, value in state.items() if re.fullmatch(pattern, key) and np.ndim(value) == 4)
     in_model = sum(1 for name in model.layer_names() if re.fullmatch(r"conv\d+_\d+", name))
     if in_file != in_model:
@@ -285,8 +288,12 @@ def _hint(state, model, source: str) -> str:
     model_norm = any(re.fullmatch(r"bn\d+_\d+", name) for name in model.layer_names())
     if file_norm != model_norm:
         return f"The file {'has' if file_norm else 'has no'} batch norm: build the model with batch_norm={file_norm}"
-    return ("The layers match but their sizes do not: the weights are of another width, number of classes "
-            "or input size (fc6 sees the pool5 volume)")
+    if wrong_shapes:
+        return ("The layers match but their sizes do not: the weights are of another width, number of classes "
+                "or input size (fc6 sees the pool5 volume)")
+    if top_missing:
+        return "The file has no fc6-fc8: build the model with include_top=False or load with include_top=False"
+    return ""
 
 
 def _fill(state: dict, plan: dict[str, _Copy], targets: dict[str, np.ndarray]) -> None:
