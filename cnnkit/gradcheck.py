@@ -60,7 +60,8 @@ def gradcheck(target, x: np.ndarray, eps: float = 1e-6, seed: int = 0, max_entri
         for name, param in params.items():
             if param.trainable:
                 analytic = np.zeros_like(param.value) if param.grad is None else param.grad
-                errors[name] = _compare(analytic, _numeric(loss, param.value, eps, max_entries, rng))
+                errors[name] = _compare(analytic, _numeric(loss, param.value, eps, max_entries, rng,
+                                                           param.mark_changed))
     finally:
         for name, param in params.items():
             param.value = saved[name]
@@ -68,8 +69,12 @@ def gradcheck(target, x: np.ndarray, eps: float = 1e-6, seed: int = 0, max_entri
     return GradcheckResult(max(errors.values()), errors)
 
 
-def _numeric(loss, array: np.ndarray, eps: float, max_entries: int | None, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Central differences of ``loss`` with respect to (some entries of) ``array``, perturbed in place."""
+def _numeric(loss, array: np.ndarray, eps: float, max_entries: int | None, rng,
+             changed=lambda: None) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of ``loss`` with respect to (some entries of) ``array``, perturbed in place.
+
+    ``changed`` is called after every in-place write (a parameter's ``mark_changed``).
+    """
     flat = array.reshape(-1)
     if flat.base is not array and not np.shares_memory(flat, array):
         raise ShapeError("gradcheck: the checked array must be contiguous")
@@ -80,10 +85,13 @@ def _numeric(loss, array: np.ndarray, eps: float, max_entries: int | None, rng) 
     for position, index in enumerate(indices):
         original = flat[index]
         flat[index] = original + eps
+        changed()
         plus = loss()
         flat[index] = original - eps
+        changed()
         minus = loss()
         flat[index] = original
+        changed()
         numeric[position] = (plus - minus) / (2 * eps)
     return indices, numeric
 

@@ -210,6 +210,8 @@ class Sequential:
         for key, target in targets.items():
             if key in state:
                 target[...] = state[key]
+        for param in self.parameters().values():
+            param.mark_changed()
 
     def _state_targets(self) -> dict[str, np.ndarray]:
         self._require_built()

@@ -10,14 +10,33 @@ class Parameter:
 
     ``grad`` is ``None`` until a backward pass adds into it (as in PyTorch), so a model used
     only for inference never pays for a second copy of its weights.
+
+    ``version`` counts changes of the value, so layers may cache things derived from it
+    (a convolution's Winograd-transformed filters). Assigning ``value``, optimizer steps and
+    state-dict loads count; code that writes into ``value`` in place itself calls
+    :meth:`mark_changed`.
     """
 
-    __slots__ = ("value", "grad", "trainable")
+    __slots__ = ("_value", "grad", "trainable", "version")
 
     def __init__(self, value: np.ndarray, trainable: bool = True):
-        self.value = value
+        self._value = value
         self.grad: np.ndarray | None = None
         self.trainable = trainable
+        self.version = 0
+
+    @property
+    def value(self) -> np.ndarray:
+        return self._value
+
+    @value.setter
+    def value(self, array: np.ndarray) -> None:
+        self._value = array
+        self.version += 1
+
+    def mark_changed(self) -> None:
+        """Record that ``value`` was modified in place."""
+        self.version += 1
 
     @property
     def shape(self) -> tuple[int, ...]:

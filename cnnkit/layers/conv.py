@@ -8,7 +8,11 @@ from ..arithmetic import (as_pair, check_positive, conv_macs, conv_params, unrea
                           windows_2d)
 from ..errors import ConfigError
 from ..init import initial_weight
-from ..ops.conv import conv2d, conv2d_backward
+from ..ops.conv import ALGORITHMS, choose_algorithm, conv2d, conv2d_backward
+from ..ops.winograd import supports as winograd_supports
+from ..ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
+
+WINOGRAD_TILES = {"winograd2": 2, "winograd4": 4}
 from ..parameter import Parameter
 from .base import Layer
 
@@ -24,6 +28,11 @@ class Conv2d(Layer):
         dilation: D, spacing between kernel taps.
         use_bias: learn one bias per filter.
         init: ``"auto"`` (He when a ReLU follows, Glorot otherwise), ``"he"`` or ``"glorot"``.
+        algorithm: ``"auto"`` picks by shape, per call: Winograd F(4x4, 3x3) for 3x3 stride-1
+            convolutions with enough channels and tiles, otherwise one matrix product over the
+            windowed view (``"gemm"``); ``"winograd2"``/``"winograd4"`` force F(2x2)/F(4x4).
+            Winograd-transformed filters are cached and recomputed when the weight's
+            ``Parameter.version`` changes.
 
     Input ``(B, H, W, C)``, output ``(B, H2, W2, N)`` with
     ``H2 = floor((H + 2P - D*(K-1) - 1)/S) + 1``, the lecture's ``(H - K + 2P)/S + 1`` for D = 1.
@@ -33,8 +42,10 @@ class Conv2d(Layer):
     fresh_output = True
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding=0, dilation=1,
-                 use_bias: bool = True, init: str = "auto", name: str | None = None):
+                 use_bias: bool = True, init: str = "auto", algorithm: str = "auto", name: str | None = None):
         super().__init__(name)
+        self.algorithm = algorithm
+        self._filter_cache = None
         self.filters = filters
         self.kernel_size = kernel_size
         self.stride = stride
@@ -53,6 +64,7 @@ class Conv2d(Layer):
         out = tuple(window_output_size(size, win, self.label, axis, self.strict)
                     for size, win, axis in zip((h, w), self._windows, "HW"))
         kh, kw = self.kernel
+        self._check_algorithm((kh, kw))
         scheme = self.init_scheme if self.init == "auto" else self.init
         weight = initial_weight(scheme, (kh, kw, c, self.filters), kh * kw * c, kh * kw * self.filters,
                                 rng, self.label)
@@ -60,6 +72,15 @@ class Conv2d(Layer):
         if self.use_bias:
             self._params["bias"] = Parameter(np.zeros(self.filters, np.float32))
         return (*out, self.filters)
+
+    def _check_algorithm(self, kernel: tuple[int, int]) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"{self.label}: algorithm must be one of {ALGORITHMS}; "
+                              f"received algorithm={self.algorithm!r}")
+        if self.algorithm.startswith("winograd") and not winograd_supports((*kernel, 1, 1), self._windows):
+            raise ConfigError(f"{self.label}: algorithm={self.algorithm!r} needs a 3x3 kernel with stride 1 and "
+                              f"dilation 1; received kernel_size={self.kernel_size!r}, stride={self.stride!r}, "
+                              f"dilation={self.dilation!r}; use algorithm='auto' or 'gemm'")
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -83,18 +104,37 @@ class Conv2d(Layer):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``(B, H, W, C) -> (B, H2, W2, N)``; in training, keep the input for backward."""
         self.check_input(x)
+        weight = self._params["weight"]
         bias = self._params["bias"].value if self.use_bias else None
-        y = conv2d(x, self._params["weight"].value, bias, self._windows)
-        self._cache = x if training else None
+        algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm)
+        if algorithm == "gemm":
+            y = conv2d(x, weight.value, bias, self._windows)
+        else:
+            tile = WINOGRAD_TILES[algorithm]
+            y = winograd_conv2d(x, weight.value, bias, self._windows, tile, self._transformed_filter(tile, x.dtype))
+        self._cache = (x, algorithm) if training else None
         return y
+
+    def _transformed_filter(self, tile: int, dtype) -> np.ndarray:
+        """Winograd-transformed filters, recomputed only when the weight changed (its version)."""
+        weight = self._params["weight"]
+        key = (weight.version, id(weight.value), tile, np.dtype(dtype))
+        if self._filter_cache is None or self._filter_cache[0] != key:
+            self._filter_cache = (key, transform_filter(weight.value.astype(dtype, copy=False), tile))
+        return self._filter_cache[1]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx``."""
-        x = self.take_cache()
+        x, algorithm = self.take_cache()
         self.check_grad(dy, (x.shape[0], *self.output_shape))
         weight = self._params["weight"]
-        dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows,
-                                             need_weight_grad=weight.trainable)
+        if algorithm == "gemm":
+            dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows,
+                                                 need_weight_grad=weight.trainable)
+        else:
+            dx, dweight, dbias = winograd_conv2d_backward(
+                dy, x, weight.value, self._windows, WINOGRAD_TILES[algorithm], need_weight_grad=weight.trainable,
+                transformed=self._transformed_filter(WINOGRAD_TILES[algorithm], x.dtype))
         if weight.trainable:
             weight.accumulate(dweight)
         if self.use_bias and self._params["bias"].trainable:

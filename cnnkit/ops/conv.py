@@ -15,10 +15,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import winograd
 from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, windowed_view
 
 #: Numbers in one im2col buffer (64 MB of float32); always at least one image.
 CHUNK_ELEMENTS = 1 << 24
+ALGORITHMS = ("auto", "gemm", "winograd2", "winograd4")
+#: Winograd pays when its per-position products are large: enough tiles and channels
+#: (measured in benchmarks/: below these, the transforms cost more than they save).
+WINOGRAD_MIN_TILES = 64
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], windows: Windows,
+                     requested: str = "auto") -> str:
+    """The convolution path for these shapes: ``gemm`` (windowed view + one matrix product) or
+    ``winograd4`` (F(4x4, 3x3)) for 3x3 stride-1 convolutions with enough tiles and channels.
+
+    A requested algorithm other than ``auto`` is returned as is (the layer has validated it).
+    """
+    if requested != "auto":
+        return requested
+    if not winograd.supports(weight_shape, windows) or min(weight_shape[2:]) < WINOGRAD_MIN_CHANNELS:
+        return "gemm"
+    out_h, out_w = (size + win.pad_before + win.pad_after - 2 for size, win in zip(x_shape[1:3], windows))
+    tiles = x_shape[0] * -(-out_h // 4) * -(-out_w // 4)
+    return "winograd4" if tiles >= WINOGRAD_MIN_TILES else "gemm"
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows) -> np.ndarray:

@@ -211,6 +211,7 @@ class Optimizer:
         for name, param in live.items():
             hyper = hypers[self._group_of.get(name, -1)]
             self._update(param, self._state.setdefault(name, {}), hyper)
+            param.mark_changed()
 
     def zero_grad(self) -> None:
         """Forget the gradients of all bound parameters."""
