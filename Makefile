@@ -4,13 +4,24 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+CNNKIT := $(VENV)/bin/cnnkit
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+DEMO := demo
 
 .PHONY: demo test bench clean
 
 demo: $(RUN_STAMP)
-	$(VENV)/bin/cnnkit summary vgg16
+	$(CNNKIT) summary vgg16
+	$(CNNKIT) train --data digits --model vgg_small --epochs 15 --lr 0.02 --out $(DEMO)/digits
+	$(CNNKIT) experiment activations
+	$(CNNKIT) viz filters --model $(DEMO)/digits --out $(DEMO)/filters.png
+	$(CNNKIT) viz activations --model $(DEMO)/digits --image digits:0 --most-active --out $(DEMO)/activations.png
+	$(CNNKIT) viz curves $(DEMO)/digits --out $(DEMO)/curves.png
+	$(CNNKIT) viz confusion --model $(DEMO)/digits --out $(DEMO)/confusion.png
+	$(CNNKIT) viz functions --out $(DEMO)/activation_functions.png
+	$(CNNKIT) viz receptive-field --model $(DEMO)/digits --layer conv2_2 --image digits:0 --out $(DEMO)/receptive_field.png
+	@echo "pictures: $(CURDIR)/$(DEMO)/*.png   report: $(CURDIR)/$(DEMO)/digits/report.html"
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q
@@ -22,12 +33,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(RUN_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[viz,h5]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,viz,h5]'
 	touch $@ $(RUN_STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(DEMO)

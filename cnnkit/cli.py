@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import CnnkitError
 from .models import MODELS
@@ -48,7 +49,10 @@ def _train(args: argparse.Namespace) -> int:
     report = train_run(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, out=args.out, seed=args.seed,
                        image_size=args.image_size, resume=args.resume, verbose=0 if args.quiet else 1)
-    print(f"wrote {args.out}/model.safetensors, checkpoint.safetensors, metrics.csv, metrics.jsonl, report.json")
+    written = "model.safetensors, checkpoint.safetensors, metrics.csv, metrics.jsonl, report.json"
+    if (Path(args.out) / "report.html").is_file():
+        written += ", report.html"
+    print(f"wrote {args.out}/: {written}")
     print(f"test loss: {report['test']['loss']:.4f}")
     print(f"test accuracy: {report['test']['accuracy']:.3f}")
     return 0

@@ -86,4 +86,6 @@ def train_run(data: str = "digits", model: str = "vgg_small", epochs: int = 10, 
               "summary": net.summary(format="dict")}
     with atomic_open(folder / "report.json", "w") as handle:
         json.dump(report, handle, indent=2)
+    from .viz import report_after_run   # lazily: pictures need the optional matplotlib
+    report_after_run(folder, data=test)  # writes report.html when matplotlib is installed
     return report
