@@ -15,6 +15,7 @@ demo: $(RUN_STAMP)
 	$(CNNKIT) summary vgg16
 	$(CNNKIT) train --data digits --model vgg_small --epochs 15 --lr 0.02 --out $(DEMO)/digits
 	$(CNNKIT) experiment activations
+	$(CNNKIT) experiment transfer
 	$(CNNKIT) viz filters --model $(DEMO)/digits --out $(DEMO)/filters.png
 	$(CNNKIT) viz activations --model $(DEMO)/digits --image digits:0 --most-active --out $(DEMO)/activations.png
 	$(CNNKIT) viz curves $(DEMO)/digits --out $(DEMO)/curves.png

@@ -6,14 +6,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .data import imagenet_classes, imagenet_eval_transform, load_image
+from .data import imagenet_classes, imagenet_eval_transform, load_image, resize
 from .errors import ConfigError
 
-MODES = ("caffe", "torch", "tf")
+IMAGENET_MODES = ("caffe", "torch", "tf")
+#: ``none``: the whole photo resized to the input, 0-255 (models trained on an image folder);
+#: ``digits``: grey, resized, inverted (dark ink on light paper) and scaled to 0-1, as the bundled digits.
+PLAIN_MODES = ("none", "digits")
+MODES = IMAGENET_MODES + PLAIN_MODES
 
 
 def preprocessing_of(model, mode: str | None = None) -> str:
-    """The preprocessing mode: the user's choice, else what the weights were trained with, else ``caffe``."""
+    """The preprocessing mode: the user's choice, else the one saved with the model, else ``caffe``."""
     chosen = mode or model.meta.get("preprocessing") or "caffe"
     if chosen not in MODES:
         raise ConfigError(f"preprocessing must be one of {MODES}; received {chosen!r}")
@@ -21,13 +25,24 @@ def preprocessing_of(model, mode: str | None = None) -> str:
 
 
 def load_batch(model, paths: Sequence[str], mode: str | None = None) -> np.ndarray:
-    """Read, resize (shorter side 256, centre crop to the model's input) and preprocess images."""
-    height, width, _ = model.input_shape
+    """Read photos and prepare them as the model's training data was: ImageNet modes resize the
+    shorter side (256 for 224) and centre-crop; the plain modes resize the whole photo."""
+    height, width, channels = model.input_shape
+    chosen = preprocessing_of(model, mode)
+    if chosen in PLAIN_MODES:
+        return np.stack([_plain(load_image(path), (height, width), channels, chosen) for path in paths])
     if height != width:
-        raise ConfigError(f"{model.name}: classifying photos needs a square input; the model takes {height}x{width}")
-    transform = imagenet_eval_transform(preprocessing_of(model, mode), resize_to=round(height * 256 / 224),
-                                        crop=height)
+        raise ConfigError(f"{model.name}: ImageNet preprocessing needs a square input; the model takes "
+                          f"{height}x{width}")
+    transform = imagenet_eval_transform(chosen, resize_to=round(height * 256 / 224), crop=height)
     return np.stack([transform(load_image(path)) for path in paths]).astype(np.float32)
+
+
+def _plain(image: np.ndarray, size: tuple[int, int], channels: int, mode: str) -> np.ndarray:
+    if channels == 1:   # luma, ITU-R 601, as Pillow's "L" conversion
+        image = image @ np.array([[0.299], [0.587], [0.114]], np.float32)
+    image = resize(image, size)
+    return (255.0 - image) / 255.0 if mode == "digits" else image
 
 
 def class_names(model) -> Sequence[str]:

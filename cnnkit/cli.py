@@ -101,7 +101,65 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from .transfer import advise
+    from .transfer.run import load_images, load_source
+    source = load_source(args.weights, args.arch, args.batch_norm)
+    train, _ = load_images(args.data, source, args.seed)
+    print(advise(source, train, large_per_class=args.large_per_class, similar_above=args.similar_above,
+                 cache_dir=None if args.cache == "none" else args.cache, seed=args.seed).report())
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from .transfer.run import transfer_run
+    report = transfer_run(args.data, args.weights, arch=args.arch, mode=args.mode, layer=args.layer,
+                          epochs=args.epochs, lr=args.lr, out=args.out, seed=args.seed, batch_norm=args.batch_norm,
+                          cache_dir=None if args.cache == "none" else args.cache, verbose=0 if args.quiet else 1)
+    if report["advice"]:
+        print(report["advice"])
+    print(f"wrote {args.out}/model.safetensors ({report['mode']}"
+          f"{', layer ' + report['layer'] if report['layer'] else ''}) and report.json")
+    print(f"test accuracy: {report['test']['accuracy']:.3f}")
+    return 0
+
+
+def _add_transfer_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--data", required=True, help="'digits' or a folder of class sub-folders")
+    command.add_argument("--arch", choices=sorted(n for n in MODELS if n.startswith("vgg")), default=None,
+                         help="architecture of the weights (omit for a cnnkit model file)")
+    command.add_argument("--weights", required=True, help="pretrained weights or a cnnkit model file")
+    command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
+    command.add_argument("--cache", default="auto",
+                         help="feature cache folder; 'auto' is ~/.cache/cnnkit/features, 'none' keeps no cache")
+    command.add_argument("--seed", type=int, default=0)
+
+
+def _add_transfer_commands(commands) -> None:
+    advise_cmd = commands.add_parser("advise", help="measure a data set against a network; recommend a scenario")
+    _add_transfer_options(advise_cmd)
+    advise_cmd.add_argument("--large-per-class", type=int, default=1000, help="median images per class that "
+                                                                              "count as large")
+    advise_cmd.add_argument("--similar-above", type=float, default=0.9, help="similarity that counts as similar")
+    advise_cmd.set_defaults(run=_advise)
+    transfer = commands.add_parser("transfer", help="train a transfer scenario and save the model")
+    _add_transfer_options(transfer)
+    transfer.add_argument("--mode", choices=("features", "finetune", "scratch", "auto"), default="auto")
+    transfer.add_argument("--layer", default=None, help="cut layer (features: read here; finetune: frozen up to)")
+    transfer.add_argument("--epochs", type=int, default=10)
+    transfer.add_argument("--lr", type=float, default=0.01)
+    transfer.add_argument("--out", default="runs/transfer", help="output folder")
+    transfer.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    transfer.set_defaults(run=_transfer)
+
+
 def _experiment(args: argparse.Namespace) -> int:
+    if args.name == "transfer":
+        from .experiments import compare_transfer, transfer_table
+        print("Pretrained on digits 0-4 (vgg_small, batch norm); learning 5-9 from k images per class;\n"
+              "test accuracy on the 5-9 test split, mean over 3 draws of the k images:")
+        print(transfer_table(compare_transfer(pretrain_seed=args.seed)))
+        return 0
     from .experiments import activation_table, compare_activations
     print("Training the same CNN on the digits with each activation (plain SGD with momentum, same seed):")
     results = compare_activations(epochs=args.epochs, seed=args.seed)
@@ -204,9 +262,10 @@ def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--width", type=_positive_float, default=1.0,
                          help="channel and fc width multiplier of the weights' VGG (1 for the released "
                               "weights; e.g. 0.25 for a narrow VGG trained with cnnkit's width=0.25)")
-    command.add_argument("--preprocessing", choices=("caffe", "torch"), default=None,
-                         help="override the preprocessing the weights' source implies (torchvision and "
-                              "timm: torch, Keras: caffe)")
+    command.add_argument("--preprocessing", choices=("caffe", "torch", "none", "digits"), default=None,
+                         help="override the preprocessing saved with the model or implied by the weights' "
+                              "source (torchvision and timm: torch, Keras: caffe; cnnkit train on a folder: "
+                              "none, on the digits: digits)")
     command.add_argument("images", nargs="+", help="image files")
 
 
@@ -252,11 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(run=_features)
 
     experiment = commands.add_parser("experiment", help="experiments on the bundled data")
-    experiment.add_argument("name", choices=("activations",), help="activations: ReLU vs sigmoid vs tanh")
+    experiment.add_argument("name", choices=("activations", "transfer"),
+                            help="activations: ReLU vs sigmoid vs tanh; transfer: scratch vs features vs finetune")
     experiment.add_argument("--epochs", type=int, default=15)
     experiment.add_argument("--seed", type=int, default=0)
     experiment.set_defaults(run=_experiment)
     _add_viz_commands(commands)
+    _add_transfer_commands(commands)
     return parser
 
 

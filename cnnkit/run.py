@@ -69,6 +69,7 @@ def train_run(data: str = "digits", model: str = "vgg_small", epochs: int = 10, 
     image, _ = train[0]
     net = build_model(model, image.shape, len(train.classes), seed)
     net.meta["class_names"] = list(train.classes)
+    net.meta["preprocessing"] = "digits" if data == "digits" else "none"   # how cnnkit classify reads photos
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "checkpoint.safetensors"

@@ -216,3 +216,23 @@ def test_features_of_an_unknown_layer_names_the_layers(weights, photos, tmp_path
     assert main(["features", "--arch", "vgg16", "--width", WIDTH_ARG, "--weights", str(weights),
                  "--layer", "fc9", str(photos[0]), "--out", str(tmp_path / "f.npy")]) == 2
     assert "fc9" in capsys.readouterr().err and not (tmp_path / "f.npy").exists()
+
+
+def test_classify_a_model_trained_on_the_digits(tmp_path):
+    """A grey 8x8 model from `cnnkit train` classifies a photo of a dark digit on light paper."""
+    from PIL import Image, ImageDraw
+
+    from cnnkit.run import train_run
+
+    train_run(data="digits", epochs=3, lr=0.02, out=str(tmp_path / "run"), verbose=0)
+    photo = Image.new("RGB", (120, 120), "white")
+    ImageDraw.Draw(photo).line([(30, 20), (90, 20), (50, 100)], fill="black", width=12)   # a 7
+    photo.save(tmp_path / "seven.png")
+    model = cnnkit.load(tmp_path / "run" / "model.safetensors")
+    assert model.meta["preprocessing"] == "digits"
+    batch = load_batch(model, [str(tmp_path / "seven.png")])
+    assert batch.shape == (1, 8, 8, 1) and 0 <= batch.min() and batch.max() <= 1
+    assert batch[0, 1, 3, 0] > 0.5 > batch[0, 7, 7, 0]   # ink is high, paper is low, as in the digits
+    [result] = classify(model, [str(tmp_path / "seven.png")], top=3)
+    assert [p["rank"] for p in result["predictions"]] == [1, 2, 3]
+    assert result["predictions"][0]["label"] in list("0123456789")

@@ -1,0 +1,73 @@
+"""What ``cnnkit advise`` and ``cnnkit transfer`` do, as library functions: load a model and data by
+name, advise or train a scenario, write ``OUT/model.safetensors`` and ``OUT/report.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint import is_cnnkit_file, load
+from ..data import ImageFolder, digits, imagenet_eval_transform, split
+from ..errors import ConfigError, DataError
+from ..io import atomic_open
+from .advisor import advise
+from .scenarios import features, finetune, scratch
+
+MODES = ("features", "finetune", "scratch", "auto")
+
+
+def load_source(weights: str, arch: str | None = None, batch_norm: bool = False):
+    """The pretrained model: a cnnkit model file alone, or a VGG architecture name and a weights file."""
+    from ..models import MODELS
+    if arch is None:
+        if not is_cnnkit_file(weights):
+            raise ConfigError(f"--weights {weights} is not a cnnkit model file; name its architecture with --arch "
+                              f"(one of {sorted(n for n in MODELS if n.startswith('vgg'))})")
+        return load(weights)
+    if not arch.startswith("vgg") or arch not in MODELS:
+        raise ConfigError(f"--arch: pretrained weights load into the VGG models; received {arch!r}")
+    return MODELS[arch](weights=weights, batch_norm=batch_norm)
+
+
+def load_images(spec: str, model, seed: int = 0):
+    """``(train, test)``: the bundled digits, or a folder (``train/`` and ``test/``, else an 80/20 split)
+    read exactly as ``cnnkit classify`` reads photos for ``model`` (its input size and preprocessing)."""
+    if spec == "digits":
+        return digits("train"), digits("test")
+    root = Path(spec)
+    if not root.is_dir():
+        raise DataError(f"--data must be 'digits' or a folder of class sub-folders; {spec!r} is neither")
+    from ..classify import preprocessing_of
+    height = model.input_shape[0]
+    transform = imagenet_eval_transform(preprocessing_of(model), resize_to=round(height * 256 / 224), crop=height)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return ImageFolder(root / "train", transform=transform), ImageFolder(root / "test", transform=transform)
+    return split(ImageFolder(root, transform=transform), fraction=0.2, seed=seed)
+
+
+def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "auto", layer: str | None = None,
+                 epochs: int = 10, lr: float = 0.01, out: str = "runs/transfer", seed: int = 0,
+                 batch_norm: bool = False, cache_dir="auto", verbose: int = 0) -> dict:
+    """Train ``mode`` (``auto``: the advisor's choice) and write ``out/model.safetensors`` and ``report.json``."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {MODES}; received {mode!r}")
+    source = load_source(weights, arch, batch_norm)
+    train, test = load_images(data, source, seed)
+    advice = None
+    if mode == "auto":
+        advice = advise(source, train, cache_dir=cache_dir, seed=seed)
+        mode, layer = advice.scenario, layer or advice.layer
+    if mode == "features":
+        model = features(source, train, layer=layer, cache_dir=cache_dir, seed=seed)
+    elif mode == "finetune":
+        model = finetune(source, train, layer=layer, epochs=epochs, lr=lr, seed=seed, verbose=verbose)
+    else:
+        model = scratch(source, train, epochs=epochs, lr=lr, seed=seed, verbose=verbose)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.safetensors")
+    report = {"data": data, "mode": mode, "layer": layer, "epochs": epochs, "lr": lr, "seed": seed,
+              "test": model.evaluate(test), "advice": advice.report() if advice else None}
+    with atomic_open(folder / "report.json", "w") as handle:
+        json.dump(report, handle, indent=2)
+    return report
