@@ -45,7 +45,7 @@ class Conv2d(Layer):
                  use_bias: bool = True, init: str = "auto", algorithm: str = "auto", name: str | None = None):
         super().__init__(name)
         self.algorithm = algorithm
-        self._filter_cache = None
+        self._filter_cache: dict = {}
         self.filters = filters
         self.kernel_size = kernel_size
         self.stride = stride
@@ -112,22 +112,25 @@ class Conv2d(Layer):
         else:
             tile = WINOGRAD_TILES[algorithm]
             y = winograd_conv2d(x, weight.value, bias, self._windows, tile, self._transformed_filter(tile, x.dtype))
-        self._cache = (x, algorithm) if training else None
+        self._cache = x if training else None
         return y
 
     def _transformed_filter(self, tile: int, dtype) -> np.ndarray:
         """Winograd-transformed filters, recomputed only when the weight changed (its version)."""
         weight = self._params["weight"]
-        key = (weight.version, id(weight.value), tile, np.dtype(dtype))
-        if self._filter_cache is None or self._filter_cache[0] != key:
-            self._filter_cache = (key, transform_filter(weight.value.astype(dtype, copy=False), tile))
-        return self._filter_cache[1]
+        key = (weight.version, id(weight.value), np.dtype(dtype))
+        if self._filter_cache.get("key") != key:
+            self._filter_cache = {"key": key}
+        if tile not in self._filter_cache:
+            self._filter_cache[tile] = transform_filter(weight.value.astype(dtype, copy=False), tile)
+        return self._filter_cache[tile]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx``."""
-        x, algorithm = self.take_cache()
+        x = self.take_cache()
         self.check_grad(dy, (x.shape[0], *self.output_shape))
         weight = self._params["weight"]
+        algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm, backward=True)
         if algorithm == "gemm":
             dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows,
                                                  need_weight_grad=weight.trainable)

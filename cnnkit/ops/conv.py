@@ -21,16 +21,20 @@ from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, 
 #: Numbers in one im2col buffer (64 MB of float32); always at least one image.
 CHUNK_ELEMENTS = 1 << 24
 ALGORITHMS = ("auto", "gemm", "winograd2", "winograd4")
-#: Winograd pays when its per-position products are large: enough tiles and channels
-#: (measured in benchmarks/: below these, the transforms cost more than they save).
-WINOGRAD_MIN_TILES = 64
+#: Winograd pays when its per-position products are large enough. Measured with
+#: ``python -m benchmarks.conv_paths`` (2 cores): F(4x4) forward wins from about 32 output
+#: tiles, below that F(2x2) does; the backward, which also forms ``(m+2)^2`` weight-gradient
+#: products, wins from about 128 tiles and is slower than the GEMM path below.
 WINOGRAD_MIN_CHANNELS = 16
+FORWARD_F4_MIN_TILES = 32
+BACKWARD_F4_MIN_TILES = 128
 
 
 def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], windows: Windows,
-                     requested: str = "auto") -> str:
-    """The convolution path for these shapes: ``gemm`` (windowed view + one matrix product) or
-    ``winograd4`` (F(4x4, 3x3)) for 3x3 stride-1 convolutions with enough tiles and channels.
+                     requested: str = "auto", backward: bool = False) -> str:
+    """The convolution path for these shapes: ``gemm`` (windowed view + one matrix product),
+    ``winograd4`` (F(4x4, 3x3)) or ``winograd2`` (F(2x2, 3x3)) for 3x3 stride-1 convolutions with
+    at least 16 channels, by how many 4x4 output tiles the batch has.
 
     A requested algorithm other than ``auto`` is returned as is (the layer has validated it).
     """
@@ -40,7 +44,9 @@ def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], wi
         return "gemm"
     out_h, out_w = (size + win.pad_before + win.pad_after - 2 for size, win in zip(x_shape[1:3], windows))
     tiles = x_shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    return "winograd4" if tiles >= WINOGRAD_MIN_TILES else "gemm"
+    if backward:
+        return "winograd4" if tiles >= BACKWARD_F4_MIN_TILES else "gemm"
+    return "winograd4" if tiles >= FORWARD_F4_MIN_TILES else "winograd2"
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows) -> np.ndarray:

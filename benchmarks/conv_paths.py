@@ -1,0 +1,64 @@
+"""Time each convolution path of cnnkit on the shapes that matter, to set the automatic choice.
+
+    python -m benchmarks.conv_paths            # prints a Markdown table of median milliseconds
+
+The thresholds in ``cnnkit/ops/conv.py`` (``WINOGRAD_MIN_TILES``, ``WINOGRAD_MIN_CHANNELS`` and
+the backward rule) come from this table. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from cnnkit.arithmetic import windows_2d
+from cnnkit.ops.conv import conv2d, conv2d_backward
+from cnnkit.ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
+
+SHAPES = [  # batch, size, input channels, filters: VGG16 at batch 1 and 8, the small net at 128, the digits net
+    *[(b, s, c, n) for b in (1, 8) for s, c, n in [(224, 64, 64), (112, 128, 128), (56, 256, 256), (28, 512, 512),
+                                                   (14, 512, 512)]],
+    (128, 32, 32, 32), (128, 16, 64, 64), (128, 8, 128, 128), (32, 8, 16, 16), (32, 4, 32, 32),
+]
+
+
+def median_ms(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def row(batch: int, size: int, cin: int, cout: int) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, cin), dtype=np.float32)
+    w = rng.standard_normal((3, 3, cin, cout), dtype=np.float32)
+    dy = rng.standard_normal((batch, size, size, cout), dtype=np.float32)
+    windows = windows_2d((size, size), 3, 1, 1, 1, "conv")
+    cells = []
+    for tile in (None, 2, 4):
+        if tile is None:
+            cells.append(median_ms(lambda: conv2d(x, w, None, windows)))
+            cells.append(median_ms(lambda: conv2d_backward(dy, x, w, windows)))
+        else:
+            u = transform_filter(w, tile)
+            cells.append(median_ms(lambda: winograd_conv2d(x, w, None, windows, tile, u)))
+            cells.append(median_ms(lambda: winograd_conv2d_backward(dy, x, w, windows, tile, transformed=u)))
+    tiles = batch * (-(-size // 4)) ** 2
+    return f"| {batch} x {size}x{size}x{cin} -> {cout} | {tiles} | " + " | ".join(f"{c:.1f}" for c in cells) + " |"
+
+
+def main() -> None:
+    print("| shape | F(4x4) tiles | gemm fwd | gemm bwd | F(2x2) fwd | F(2x2) bwd | F(4x4) fwd | F(4x4) bwd |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for shape in SHAPES:
+        print(row(*shape), flush=True)
+
+
+if __name__ == "__main__":
+    main()
