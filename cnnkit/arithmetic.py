@@ -51,6 +51,11 @@ class Window:
     dilation: int = 1
 
     @property
+    def pads(self) -> tuple[int, int]:
+        """Padding (before, after)."""
+        return self.pad_before, self.pad_after
+
+    @property
     def effective_kernel(self) -> int:
         """The span a dilated kernel covers: ``D*(K - 1) + 1``."""
         return self.dilation * (self.kernel - 1) + 1
@@ -248,14 +253,16 @@ class LayerVolumes:
     outputs: int
     in_place: bool
     cached: int
+    workspace: int = 0
 
 
 def inference_peak(layers: list[LayerVolumes]) -> int:
-    """Largest live set per sample when no caches are kept: one layer's input and output together.
+    """Largest live set per sample when no caches are kept: one layer's input, output and workspace
+    (a padded copy of the input) together.
 
     A layer that works in place (ReLU) or returns a view (Flatten) needs only its input.
     """
-    return max((lv.inputs if lv.in_place else lv.inputs + lv.outputs for lv in layers), default=0)
+    return max((lv.inputs if lv.in_place else lv.inputs + lv.outputs + lv.workspace for lv in layers), default=0)
 
 
 def training_activations(layers: list[LayerVolumes]) -> int:

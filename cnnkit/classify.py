@@ -16,6 +16,23 @@ PLAIN_MODES = ("none", "digits")
 MODES = IMAGENET_MODES + PLAIN_MODES
 
 
+def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, width: float = 1.0):
+    """A model to run: a cnnkit model file alone, or a VGG architecture and a weights file of any source."""
+    from .checkpoint import is_cnnkit_file, load
+    from .models import MODELS, PRETRAINED_ARCHS
+    if arch is None:
+        if batch_norm or width != 1.0:
+            raise ConfigError("--batch-norm and --width describe the architecture named by --arch; a cnnkit "
+                              "model file carries its own, so give --arch too or drop them")
+        if not is_cnnkit_file(weights):
+            raise ConfigError(f"--weights {weights} is not a cnnkit model file; name its architecture "
+                              f"with --arch (one of {', '.join(PRETRAINED_ARCHS)})")
+        return load(weights)
+    if arch not in PRETRAINED_ARCHS:
+        raise ConfigError(f"--arch must be one of {', '.join(PRETRAINED_ARCHS)}; received {arch!r}")
+    return MODELS[arch](weights=weights, batch_norm=batch_norm, width=width)
+
+
 def preprocessing_of(model, mode: str | None = None) -> str:
     """The preprocessing mode: the user's choice, else the one saved with the model, else ``caffe``."""
     chosen = mode or model.meta.get("preprocessing") or "caffe"

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 from .errors import CnnkitError
-from .models import MODELS
+from .models import MODELS, PRETRAINED_ARCHS
 
 # The architectures that pretrained weight files map onto (see cnnkit.io.pretrained).
-PRETRAINED_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg16c", "vgg19")
 
 
 def parse_volume(text: str) -> tuple[int, int, int]:
@@ -60,16 +59,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load_for_inference(args: argparse.Namespace):
     """A model from --arch and --weights, or a cnnkit model file alone."""
-    from .checkpoint import is_cnnkit_file, load
-    if args.arch is None:
-        if args.batch_norm or args.width != 1.0:
-            raise CnnkitError("--batch-norm and --width describe the architecture named by --arch; a cnnkit "
-                              "model file carries its own, so give --arch too or drop them")
-        if not is_cnnkit_file(args.weights):
-            raise CnnkitError(f"--weights {args.weights} is not a cnnkit model file; name its architecture "
-                              f"with --arch (one of {', '.join(PRETRAINED_ARCHS)})")
-        return load(args.weights)
-    return MODELS[args.arch](weights=args.weights, batch_norm=args.batch_norm, width=args.width)
+    from .classify import load_model
+    return load_model(args.weights, args.arch, args.batch_norm, args.width)
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -103,8 +94,9 @@ def _features(args: argparse.Namespace) -> int:
 
 def _advise(args: argparse.Namespace) -> int:
     from .transfer import advise
-    from .transfer.run import load_images, load_source
-    source = load_source(args.weights, args.arch, args.batch_norm)
+    from .classify import load_model
+    from .transfer.run import load_images
+    source = load_model(args.weights, args.arch, args.batch_norm)
     train, _ = load_images(args.data, source, args.seed)
     print(advise(source, train, large_per_class=args.large_per_class, similar_above=args.similar_above,
                  cache_dir=None if args.cache == "none" else args.cache, seed=args.seed).report())
@@ -126,7 +118,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
 def _add_transfer_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--data", required=True, help="'digits' or a folder of class sub-folders")
-    command.add_argument("--arch", choices=sorted(n for n in MODELS if n.startswith("vgg")), default=None,
+    command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
                          help="architecture of the weights (omit for a cnnkit model file)")
     command.add_argument("--weights", required=True, help="pretrained weights or a cnnkit model file")
     command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")

@@ -40,7 +40,7 @@ def _layer_rows(model) -> tuple[list[dict], list[LayerVolumes]]:
             "unread": list(layer.unread()),
         })
         volumes.append(LayerVolumes(volume(layer.input_shape), layer.activations(), layer.in_place,
-                                    layer.cached_per_sample()))
+                                    layer.cached_per_sample(), layer.workspace_per_sample()))
     return rows, volumes
 
 

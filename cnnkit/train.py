@@ -85,8 +85,14 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
     loss, dscores = softmax_cross_entropy(scores, y)
     model.zero_grad()
     grad = dscores
-    for layer in reversed(layers[start:]):
+    for layer in reversed(layers[start + 1:]):
         grad = layer.backward(grad)
+    if start < len(layers):
+        first = layers[start]
+        if first.skips_input_grad:   # nothing needs the gradient of the input images
+            first.backward(grad, need_input_grad=False)
+        else:
+            first.backward(grad)
     optimizer.step()
     return loss, scores
 

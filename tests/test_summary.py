@@ -44,10 +44,12 @@ def test_memory_grows_with_batch_size():
     assert one["optimizer_bytes"]["adam"] == 2 * one["optimizer_bytes"]["momentum"] == 2 * one["gradients_bytes"]
 
 
-def test_inference_peak_is_the_largest_input_plus_output():
+def test_inference_peak_is_the_largest_input_plus_output_plus_padded_copy():
     model = Sequential([Conv2d(8, 3, padding=1), ReLU(), Conv2d(2, 3, padding=1)], input_shape=(4, 4, 1))
     memory = model.summary(format="dict")["memory"]
-    assert memory["inference_activations_bytes"] == 4 * (16 * 8 + 16 * 2)
+    first = 16 * 1 + 16 * 8 + 6 * 6 * 1
+    second = 16 * 8 + 16 * 2 + 6 * 6 * 8
+    assert memory["inference_activations_bytes"] == 4 * max(first, second)
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

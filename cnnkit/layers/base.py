@@ -33,6 +33,8 @@ class Layer:
     #: The output of forward is a new array the layer keeps no reference to, so the next layer
     #: may overwrite it (Sequential then lets an activation work in place).
     fresh_output = False
+    #: ``backward(dy, need_input_grad=False)`` skips computing the input gradient (a first layer).
+    skips_input_grad = False
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -153,6 +155,10 @@ class Layer:
     def activations(self) -> int:
         """Activations in one output volume."""
         return volume(self.output_shape)
+
+    def workspace_per_sample(self) -> int:
+        """Numbers per sample a forward allocates besides its output (a padded copy of the input)."""
+        return 0
 
     def cached_per_sample(self) -> int:
         """Numbers kept per sample between a training forward and its backward (an estimate)."""

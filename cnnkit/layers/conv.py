@@ -40,6 +40,7 @@ class Conv2d(Layer):
     """
 
     fresh_output = True
+    skips_input_grad = True
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding=0, dilation=1,
                  use_bias: bool = True, init: str = "auto", algorithm: str = "auto", name: str | None = None):
@@ -98,6 +99,13 @@ class Conv2d(Layer):
     def macs(self) -> int:
         return conv_macs(self.output_shape, self.kernel, self.input_shape[2])
 
+    def workspace_per_sample(self) -> int:
+        # both paths copy the input into a zero-padded plane when there is padding
+        if not any(win.pad_before or win.pad_after for win in self._windows):
+            return 0
+        h, w, c = self.input_shape
+        return (h + sum(self._windows[0].pads)) * (w + sum(self._windows[1].pads)) * c
+
     def cached_per_sample(self) -> int:
         return int(np.prod(self.input_shape))
 
@@ -125,18 +133,19 @@ class Conv2d(Layer):
             self._filter_cache[tile] = transform_filter(weight.value.astype(dtype, copy=False), tile)
         return self._filter_cache[tile]
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx``."""
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx`` (None when not needed)."""
         x = self.take_cache()
         self.check_grad(dy, (x.shape[0], *self.output_shape))
         weight = self._params["weight"]
         algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm, backward=True)
         if algorithm == "gemm":
-            dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows,
+            dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows, need_input_grad,
                                                  need_weight_grad=weight.trainable)
         else:
             dx, dweight, dbias = winograd_conv2d_backward(
-                dy, x, weight.value, self._windows, WINOGRAD_TILES[algorithm], need_weight_grad=weight.trainable,
+                dy, x, weight.value, self._windows, WINOGRAD_TILES[algorithm], need_input_grad,
+                need_weight_grad=weight.trainable,
                 transformed=self._transformed_filter(WINOGRAD_TILES[algorithm], x.dtype))
         if weight.trainable:
             weight.accumulate(dweight)

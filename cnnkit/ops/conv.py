@@ -16,25 +16,29 @@ from __future__ import annotations
 import numpy as np
 
 from . import winograd
+from .reduce import sum_rows
 from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, windowed_view
 
 #: Numbers in one im2col buffer (64 MB of float32); always at least one image.
 CHUNK_ELEMENTS = 1 << 24
 ALGORITHMS = ("auto", "gemm", "winograd2", "winograd4")
 #: Winograd pays when its per-position products are large enough. Measured with
-#: ``python -m benchmarks.conv_paths`` (2 cores): F(4x4) forward wins from about 32 output
-#: tiles, below that F(2x2) does; the backward, which also forms ``(m+2)^2`` weight-gradient
-#: products, wins from about 128 tiles and is slower than the GEMM path below.
+#: ``python -m benchmarks.conv_paths`` (2 cores): with its transformed filters cached, F(4x4)
+#: forward wins from about 32 output tiles and F(2x2) below; but the cache costs 4x (F(2x2):
+#: 1.8x) the layer's weights in memory, so with fewer than 64 tiles (VGG16's conv4 and conv5
+#: at batch 1) the GEMM path runs instead, keeping VGG16's inference peak near weights plus
+#: activations. The backward, which also forms ``(m+2)^2`` weight-gradient products, wins from
+#: about 128 tiles.
 WINOGRAD_MIN_CHANNELS = 16
-FORWARD_F4_MIN_TILES = 32
+FORWARD_F4_MIN_TILES = 64
 BACKWARD_F4_MIN_TILES = 128
 
 
 def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], windows: Windows,
                      requested: str = "auto", backward: bool = False) -> str:
-    """The convolution path for these shapes: ``gemm`` (windowed view + one matrix product),
-    ``winograd4`` (F(4x4, 3x3)) or ``winograd2`` (F(2x2, 3x3)) for 3x3 stride-1 convolutions with
-    at least 16 channels, by how many 4x4 output tiles the batch has.
+    """The convolution path for these shapes: ``winograd4`` (F(4x4, 3x3)) for 3x3 stride-1
+    convolutions with at least 16 channels and enough 4x4 output tiles in the batch, otherwise
+    ``gemm`` (windowed view + one matrix product). ``winograd2`` runs only when requested.
 
     A requested algorithm other than ``auto`` is returned as is (the layer has validated it).
     """
@@ -44,9 +48,7 @@ def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], wi
         return "gemm"
     out_h, out_w = (size + win.pad_before + win.pad_after - 2 for size, win in zip(x_shape[1:3], windows))
     tiles = x_shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    if backward:
-        return "winograd4" if tiles >= BACKWARD_F4_MIN_TILES else "gemm"
-    return "winograd4" if tiles >= FORWARD_F4_MIN_TILES else "winograd2"
+    return "winograd4" if tiles >= (BACKWARD_F4_MIN_TILES if backward else FORWARD_F4_MIN_TILES) else "gemm"
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows) -> np.ndarray:
@@ -84,7 +86,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: 
     weight = _match_dtype(weight, x)
     kh, kw, c, n = weight.shape
     dy2 = _match_dtype(dy, x).reshape(-1, n)
-    dbias = dy2.sum(axis=0)
+    dbias = sum_rows(dy2)
     w2 = weight.reshape(kh * kw * c, n)
     if _is_pointwise(weight, windows):
         x2 = x.reshape(-1, c)

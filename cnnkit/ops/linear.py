@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .reduce import sum_rows
+
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """``x @ weight + bias`` for ``x`` (B, in), ``weight`` (in, out), ``bias`` (out,) -> (B, out)."""
@@ -25,5 +27,5 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, need_weig
     """
     dx = dy @ weight.T
     dweight = x.T @ dy if need_weight_grad else None
-    dbias = dy.sum(axis=0) if need_bias_grad else None
+    dbias = sum_rows(dy) if need_bias_grad else None
     return dx, dweight, dbias

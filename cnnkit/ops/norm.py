@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .reduce import sum_rows
+
 
 def _rows(x: np.ndarray) -> np.ndarray:
     """View ``x`` as ``(N, C)``: one row per position, one column per channel."""
@@ -32,7 +34,7 @@ def batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: fl
     """
     rows = _rows(x)
     dtype = x.dtype
-    mean = rows.mean(axis=0)
+    mean = sum_rows(rows) / rows.shape[0]
     x_hat = rows - mean
     var = np.einsum("ij,ij->j", x_hat, x_hat) / rows.shape[0]  # no (N, C) temporary for the squares
     inv_std = 1.0 / np.sqrt(var + eps)
@@ -51,7 +53,7 @@ def batch_norm_train_backward(dy: np.ndarray, x_hat: np.ndarray, inv_std: np.nda
     """
     dy_rows, xh_rows = _rows(dy), _rows(x_hat)
     count = dy_rows.shape[0]
-    dbeta = dy_rows.sum(axis=0)
+    dbeta = sum_rows(dy_rows)
     dgamma = np.einsum("ij,ij->j", dy_rows, xh_rows)
     dx = xh_rows if overwrite_x_hat else xh_rows.copy()
     dx *= dgamma / count
@@ -103,7 +105,7 @@ def batch_norm_frozen_backward(dy: np.ndarray, x_hat: np.ndarray, inv_std: np.nd
     if not need_param_grads:
         return dx, None, None
     dy_rows = _rows(dy)
-    return dx, np.einsum("ij,ij->j", dy_rows, _rows(x_hat)), dy_rows.sum(axis=0)
+    return dx, np.einsum("ij,ij->j", dy_rows, _rows(x_hat)), sum_rows(dy_rows)
 
 
 def update_running(running: np.ndarray, batch: np.ndarray, momentum: float) -> None:

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .reduce import sum_rows
 from .window import Windows
 
 _MATRICES = {
@@ -35,8 +36,11 @@ _MATRICES = {
         np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
 }
 TILE_SIZES = tuple(_MATRICES)
-#: Numbers in one chunk's transformed tiles; the batch is processed a few images at a time.
-CHUNK_ELEMENTS = 1 << 23
+#: Blocks of tiles: small enough that a block's transformed tiles stay in cache between the
+#: steps (about CHUNK_ELEMENTS numbers), large enough for efficient matrix products (at least
+#: MIN_BLOCK_TILES tiles). Measured with benchmarks/conv_paths.py.
+CHUNK_ELEMENTS = 1 << 19
+MIN_BLOCK_TILES = 512
 
 
 def _kron(tile: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,7 +65,7 @@ class _Geometry:
     """Tiling of a padded input: tile counts, the padded plane and where the input sits in it."""
 
     def __init__(self, shape: tuple[int, ...], windows: Windows, tile: int):
-        _, self.h, self.w, self.c = shape
+        self.batch, self.h, self.w, self.c = shape
         wh, ww = windows
         self.top, self.left = wh.pad_before, ww.pad_before
         self.out_h = self.h + wh.pad_before + wh.pad_after - 2
@@ -70,24 +74,33 @@ class _Geometry:
         self.th, self.tw = math.ceil(self.out_h / tile), math.ceil(self.out_w / tile)
         self.plane = (self.th * tile + 2, self.tw * tile + 2)   # padded further so tiles cover it
 
-    def images_per_chunk(self, channels: int) -> int:
-        per_image = (self.tile + 2) ** 2 * self.th * self.tw * channels
-        return max(1, CHUNK_ELEMENTS // per_image)
+    def blocks(self, channels: int):
+        """Yield ``(images, tile_rows)`` slices of about ``max(MIN_BLOCK_TILES, CHUNK_ELEMENTS / per tile)``
+        tiles: whole images when they are small, a band of tile rows of one image otherwise."""
+        per_tile = (self.tile + 2) ** 2 * channels
+        rows = max(1, max(MIN_BLOCK_TILES, CHUNK_ELEMENTS // per_tile) // self.tw)
+        if rows < self.th:
+            for image in range(self.batch):
+                for first in range(0, self.th, rows):
+                    yield slice(image, image + 1), slice(first, min(first + rows, self.th))
+            return
+        images = max(1, rows // self.th)
+        for first in range(0, self.batch, images):
+            yield slice(first, min(first + images, self.batch)), slice(0, self.th)
 
     def padded(self, x: np.ndarray) -> np.ndarray:
         out = np.zeros((x.shape[0], *self.plane, self.c), dtype=x.dtype)
         out[:, self.top:self.top + self.h, self.left:self.left + self.w] = x
         return out
 
-    def input_tiles(self, x: np.ndarray, bt2: np.ndarray) -> np.ndarray:
-        """``V = (B^T ⊗ B^T) d`` for every tile: ((m+2)^2, tiles, C)."""
-        xp = self.padded(x)
+    def input_tiles(self, xp: np.ndarray, images: slice, rows: slice, bt2: np.ndarray) -> np.ndarray:
+        """``V = (B^T ⊗ B^T) d`` for the block's tiles of the padded input: ((m+2)^2, tiles, C)."""
         a, m = self.tile + 2, self.tile
-        sb, sh, sw, sc = xp.strides
-        view = np.lib.stride_tricks.as_strided(
-            xp, (a, a, x.shape[0], self.th, self.tw, self.c), (sh, sw, sb, m * sh, m * sw, sc), writeable=False)
-        tiles = np.ascontiguousarray(view).reshape(a * a, -1)
-        return (bt2 @ tiles).reshape(a * a, -1, self.c)
+        region = xp[images, rows.start * m:]
+        sb, sh, sw, sc = region.strides
+        shape = (a, a, region.shape[0], rows.stop - rows.start, self.tw, self.c)
+        view = np.lib.stride_tricks.as_strided(region, shape, (sh, sw, sb, m * sh, m * sw, sc), writeable=False)
+        return (bt2 @ np.ascontiguousarray(view).reshape(a * a, -1)).reshape(a * a, -1, self.c)
 
 
 def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
@@ -100,14 +113,14 @@ def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     bt2, _, at2 = _kron(tile, x.dtype)
     u = transformed if transformed is not None else transform_filter(weight.astype(x.dtype, copy=False), tile)
     n = weight.shape[3]
+    xp = geo.padded(x)
     y = np.empty((x.shape[0], geo.th * tile, geo.tw * tile, n), dtype=x.dtype)
-    step = geo.images_per_chunk(max(geo.c, n))
-    for start in range(0, x.shape[0], step):
-        chunk = slice(start, start + step)
-        m_tiles = np.matmul(geo.input_tiles(x[chunk], bt2), u)           # ((m+2)^2, tiles, N)
-        out = (at2 @ m_tiles.reshape(at2.shape[1], -1)).reshape(tile, tile, -1, geo.th, geo.tw, n)
-        images = out.shape[2]
-        y[chunk].reshape(images, geo.th, tile, geo.tw, tile, n)[...] = out.transpose(2, 3, 0, 4, 1, 5)
+    for images, rows in geo.blocks(max(geo.c, n)):
+        m_tiles = np.matmul(geo.input_tiles(xp, images, rows, bt2), u)          # ((m+2)^2, tiles, N)
+        band = rows.stop - rows.start
+        out = (at2 @ m_tiles.reshape(at2.shape[1], -1)).reshape(tile, tile, -1, band, geo.tw, n)
+        target = y[images, rows.start * tile:rows.stop * tile]
+        target.reshape(out.shape[2], band, tile, geo.tw, tile, n)[...] = out.transpose(2, 3, 0, 4, 1, 5)
     if (geo.th * tile, geo.tw * tile) != (geo.out_h, geo.out_w):
         y = np.ascontiguousarray(y[:, :geo.out_h, :geo.out_w])
     if bias is not None:
@@ -126,36 +139,45 @@ def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, 
     u = transformed if transformed is not None else transform_filter(weight, tile)
     n = weight.shape[3]
     dy = dy.astype(dtype, copy=False)
-    dbias = dy.sum(axis=(0, 1, 2))
+    dbias = sum_rows(dy.reshape(-1, n))
     du = np.zeros_like(u) if need_weight_grad else None
+    xp = geo.padded(x) if need_weight_grad else None
     dxp = np.zeros((x.shape[0], *geo.plane, geo.c), dtype=dtype) if need_input_grad else None
-    step = geo.images_per_chunk(max(geo.c, n))
-    for start in range(0, x.shape[0], step):
-        chunk = slice(start, start + step)
-        dm = _output_tile_grads(dy[chunk], geo, at2)                      # ((m+2)^2, tiles, N)
+    dyp = _tiled_gradient(dy, geo)
+    for images, rows in geo.blocks(max(geo.c, n)):
+        dm = _output_tile_grads(dyp, images, rows, geo, at2)                     # ((m+2)^2, tiles, N)
         if need_weight_grad:
-            du += np.matmul(geo.input_tiles(x[chunk], bt2).transpose(0, 2, 1), dm)
+            du += np.matmul(geo.input_tiles(xp, images, rows, bt2).transpose(0, 2, 1), dm)
         if need_input_grad:
             dtiles = bt2.T @ np.matmul(dm, u.transpose(0, 2, 1)).reshape(bt2.shape[0], -1)
-            _scatter_tiles(dxp[chunk], dtiles, geo)
+            _scatter_tiles(dxp[images, rows.start * tile:], dtiles, rows.stop - rows.start, geo)
     dweight = (g2.T @ du.reshape(g2.shape[0], -1)).reshape(weight.shape) if need_weight_grad else None
     dx = dxp[:, geo.top:geo.top + geo.h, geo.left:geo.left + geo.w] if need_input_grad else None
     return dx, dweight, dbias
 
 
-def _output_tile_grads(dy: np.ndarray, geo: _Geometry, at2: np.ndarray) -> np.ndarray:
-    """``dM = (A^T ⊗ A^T)^T dY`` for every output tile (zero beyond the output's edge)."""
-    m, n, images = geo.tile, dy.shape[3], dy.shape[0]
-    padded = np.zeros((images, geo.th * m, geo.tw * m, n), dtype=dy.dtype)
+def _tiled_gradient(dy: np.ndarray, geo: _Geometry) -> np.ndarray:
+    """``dy`` extended with zeros to whole tiles (no copy when it already is)."""
+    m = geo.tile
+    if (geo.th * m, geo.tw * m) == dy.shape[1:3]:
+        return dy
+    padded = np.zeros((dy.shape[0], geo.th * m, geo.tw * m, dy.shape[3]), dtype=dy.dtype)
     padded[:, :geo.out_h, :geo.out_w] = dy
-    tiles = np.ascontiguousarray(padded.reshape(images, geo.th, m, geo.tw, m, n).transpose(2, 4, 0, 1, 3, 5))
-    return (at2.T @ tiles.reshape(m * m, -1)).reshape(at2.shape[1], -1, n)
+    return padded
 
 
-def _scatter_tiles(dxp: np.ndarray, dtiles: np.ndarray, geo: _Geometry) -> None:
+def _output_tile_grads(dyp: np.ndarray, images: slice, rows: slice, geo: _Geometry, at2: np.ndarray) -> np.ndarray:
+    """``dM = (A^T ⊗ A^T)^T dY`` for the block's output tiles."""
+    m, n = geo.tile, dyp.shape[3]
+    band = dyp[images, rows.start * m:rows.stop * m]
+    tiles = band.reshape(band.shape[0], rows.stop - rows.start, m, geo.tw, m, n).transpose(2, 4, 0, 1, 3, 5)
+    return (at2.T @ np.ascontiguousarray(tiles).reshape(m * m, -1)).reshape(at2.shape[1], -1, n)
+
+
+def _scatter_tiles(dxp: np.ndarray, dtiles: np.ndarray, band: int, geo: _Geometry) -> None:
     """Add each (m+2) x (m+2) tile gradient back where the tile was read (tiles overlap by 2)."""
     a, m = geo.tile + 2, geo.tile
-    tiles = dtiles.reshape(a, a, dxp.shape[0], geo.th, geo.tw, geo.c)
+    tiles = dtiles.reshape(a, a, dxp.shape[0], band, geo.tw, geo.c)
     for p in range(a):
         for q in range(a):
-            dxp[:, p:p + geo.th * m:m, q:q + geo.tw * m:m] += tiles[p, q]
+            dxp[:, p:p + band * m:m, q:q + geo.tw * m:m] += tiles[p, q]

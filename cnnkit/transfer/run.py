@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import is_cnnkit_file, load
+from ..classify import load_model
 from ..data import ImageFolder, digits, imagenet_eval_transform, split
 from ..errors import ConfigError, DataError
 from ..io import atomic_open
@@ -14,19 +14,6 @@ from .advisor import advise
 from .scenarios import features, finetune, scratch
 
 MODES = ("features", "finetune", "scratch", "auto")
-
-
-def load_source(weights: str, arch: str | None = None, batch_norm: bool = False):
-    """The pretrained model: a cnnkit model file alone, or a VGG architecture name and a weights file."""
-    from ..models import MODELS
-    if arch is None:
-        if not is_cnnkit_file(weights):
-            raise ConfigError(f"--weights {weights} is not a cnnkit model file; name its architecture with --arch "
-                              f"(one of {sorted(n for n in MODELS if n.startswith('vgg'))})")
-        return load(weights)
-    if not arch.startswith("vgg") or arch not in MODELS:
-        raise ConfigError(f"--arch: pretrained weights load into the VGG models; received {arch!r}")
-    return MODELS[arch](weights=weights, batch_norm=batch_norm)
 
 
 def load_images(spec: str, model, seed: int = 0):
@@ -51,7 +38,7 @@ def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "
     """Train ``mode`` (``auto``: the advisor's choice) and write ``out/model.safetensors`` and ``report.json``."""
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}; received {mode!r}")
-    source = load_source(weights, arch, batch_norm)
+    source = load_model(weights, arch, batch_norm)
     train, test = load_images(data, source, seed)
     advice = None
     if mode == "auto":
