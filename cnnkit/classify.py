@@ -34,8 +34,10 @@ def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, 
 
 
 def preprocessing_of(model, mode: str | None = None) -> str:
-    """The preprocessing mode: the user's choice, else the one saved with the model, else ``caffe``."""
-    chosen = mode or model.meta.get("preprocessing") or "caffe"
+    """The preprocessing mode: the user's choice, else the one saved with the model, else ``caffe``
+    for RGB models (the original VGG release) and ``none`` for others."""
+    default = "caffe" if model.input_shape[-1] == 3 else "none"
+    chosen = mode or model.meta.get("preprocessing") or default
     if chosen not in MODES:
         raise ConfigError(f"preprocessing must be one of {MODES}; received {chosen!r}")
     return chosen

@@ -53,8 +53,11 @@ def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.safetensors")
-    report = {"data": data, "mode": mode, "layer": layer, "epochs": epochs, "lr": lr, "seed": seed,
-              "test": model.evaluate(test), "advice": advice.report() if advice else None}
+    report = {"data": data, "model": model.name, "mode": mode, "layer": layer, "epochs": epochs, "lr": lr,
+              "seed": seed, "test": model.evaluate(test), "advice": advice.report() if advice else None,
+              "summary": model.summary(format="dict")}
     with atomic_open(folder / "report.json", "w") as handle:
         json.dump(report, handle, indent=2)
+    from ..viz import report_after_run   # lazily: pictures need the optional matplotlib
+    report_after_run(folder, model=model, data=test)
     return report
