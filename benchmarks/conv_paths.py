@@ -9,10 +9,10 @@ the backward rule) come from this table. Run it on a quiet machine.
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 
+from benchmarks.worker import time_calls
 from cnnkit.arithmetic import windows_2d
 from cnnkit.ops.conv import conv2d, conv2d_backward
 from cnnkit.ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
@@ -25,13 +25,7 @@ SHAPES = [  # batch, size, input channels, filters: VGG16 at batch 1 and 8, the 
 
 
 def median_ms(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(time_calls(fn, repeats))
 
 
 def row(batch: int, size: int, cin: int, cout: int) -> str:

@@ -136,8 +136,8 @@ class ModelCheckpoint(Callback):
             self.saved_epoch = epoch
 
 
-class CSVLogger(Callback):
-    """Append one row of metrics per epoch to a CSV file (header written once)."""
+class _EpochLog(Callback):
+    """A file that gets one record per epoch; started afresh unless ``append``."""
 
     def __init__(self, path, append: bool = False):
         self.path = Path(path)
@@ -146,6 +146,10 @@ class CSVLogger(Callback):
     def on_train_begin(self) -> None:
         if not self.append and self.path.exists():
             self.path.unlink()
+
+
+class CSVLogger(_EpochLog):
+    """Append one row of metrics per epoch to a CSV file (header written once)."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         fields = ["epoch", *logs]
@@ -157,16 +161,8 @@ class CSVLogger(Callback):
             writer.writerow({"epoch": epoch, **logs})
 
 
-class JSONLinesLogger(Callback):
+class JSONLinesLogger(_EpochLog):
     """Append one JSON object of metrics per epoch to a ``.jsonl`` file."""
-
-    def __init__(self, path, append: bool = False):
-        self.path = Path(path)
-        self.append = append
-
-    def on_train_begin(self) -> None:
-        if not self.append and self.path.exists():
-            self.path.unlink()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         with self.path.open("a") as handle:
