@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .data import digits
+import numpy as np
+
+from . import transfer
+from .data import ArrayDataset, digits, subset
 from .layers import Conv2d, Dense, Flatten, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh
 from .model import Sequential
+from .models import vgg_small
 from .optim import SGD
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -62,9 +66,6 @@ TRANSFER_SCENARIOS = ("scratch", "features top", "features pool1", "finetune")
 
 def digit_halves(split: str):
     """The digits split into ``(0-4, 5-9)``, each relabelled 0..4 with the digits as class names."""
-    import numpy as np
-
-    from .data import ArrayDataset
     data = digits(split)
     halves = []
     for low in (0, 5):
@@ -75,7 +76,6 @@ def digit_halves(split: str):
 
 def pretrained_digits_net(seed: int = 0, epochs: int = 4) -> Sequential:
     """``vgg_small`` (batch norm) trained on the digits 0-4: the "pretrained" network of the experiment."""
-    from .models import vgg_small
     source, _ = digit_halves("train")
     net = vgg_small(num_classes=5, batch_norm=True, seed=seed)
     net.meta["class_names"] = list(source.classes)
@@ -85,9 +85,6 @@ def pretrained_digits_net(seed: int = 0, epochs: int = 4) -> Sequential:
 
 def few_shot(data, k: int | None, seed: int):
     """``k`` images per class of ``data`` drawn with ``seed`` (all of them for ``k=None``)."""
-    import numpy as np
-
-    from .data import subset
     if k is None:
         return data
     rng = np.random.default_rng(seed)
@@ -97,7 +94,6 @@ def few_shot(data, k: int | None, seed: int):
 
 def transfer_scenario(name: str, pretrained: Sequential, data, seed: int, steps: int = 60) -> Sequential:
     """Train one scenario of the experiment on ``data`` with a budget of about ``steps`` SGD steps."""
-    from . import transfer
     epochs = max(3, -(-steps // -(-len(data) // 32)))
     if name == "scratch":
         return transfer.scratch(pretrained, data, epochs=epochs, lr=0.05, seed=seed)
@@ -112,7 +108,6 @@ def compare_transfer(ks=TRANSFER_KS, scenarios=TRANSFER_SCENARIOS, seeds=(0, 1, 
     """Learn the digits 5-9 from ``k`` images per class with each scenario, starting from a network
     pretrained on 0-4; test accuracy on the 5-9 test split, averaged over ``seeds`` (each seed draws
     its own k images and initialises the new weights). Returns ``{(scenario, k): mean accuracy}``."""
-    import numpy as np
     pretrained = pretrained if pretrained is not None else pretrained_digits_net(pretrain_seed)
     _, train = digit_halves("train")
     _, test = digit_halves("test")

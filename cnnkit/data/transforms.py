@@ -9,6 +9,7 @@ transform is, see :func:`apply_transform`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -68,11 +69,12 @@ def _check_image(img: np.ndarray, who: str) -> np.ndarray:
     return img
 
 
-class _Deterministic:
+class _Deterministic(ABC):
     """Base of transforms that ignore ``rng``."""
 
+    @abstractmethod
     def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        raise NotImplementedError
+        """The transformed image."""
 
 
 class _RandomTransform:

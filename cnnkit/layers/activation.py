@@ -9,10 +9,12 @@ activation overwrites it and allocates no new volume. Backward never writes into
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 
 from ..arithmetic import check_positive, prelu_params
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
 from ..ops.activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward,
                               relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
 from ..ops.loss import softmax, softmax_backward
@@ -38,11 +40,13 @@ class _Elementwise(Layer):
         self.check_grad(dy, y.shape)
         return self._gradient(dy, y)
 
+    @abstractmethod
     def _apply(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        raise NotImplementedError
+        """The activation of ``x``, written into ``out`` when given."""
 
+    @abstractmethod
     def _gradient(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The input gradient from the output gradient and the cached output."""
 
     def cached_per_sample(self) -> int:
         return self.activations()

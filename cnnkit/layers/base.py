@@ -6,6 +6,7 @@ inferred), then maps batches ``(B, H, W, C) -> (B, H2, W2, C2)`` forward and gra
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import inspect
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..parameter import Parameter
 Shape = tuple[int, int, int]
 
 
-class Layer:
+class Layer(ABC):
     """Base class of every layer.
 
     Subclasses store their hyper-parameters in ``__init__`` under the same names as the
@@ -78,15 +79,16 @@ class Layer:
         return input_shape  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ computing
+    @abstractmethod
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Map a batch ``(B, *input_shape)`` to ``(B, *output_shape)``; cache for backward only in training."""
-        raise NotImplementedError(f"{type(self).__name__}.forward")
 
+    @abstractmethod
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Return the gradient with respect to the input, adding parameter gradients into ``Parameter.grad``."""
-        raise NotImplementedError(f"{type(self).__name__}.backward")
 
-    __call__ = forward
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.forward(x, training)
 
     def check_input(self, x: np.ndarray) -> None:
         """Raise :class:`ShapeError` unless ``x`` is a batch of this layer's input volume."""

@@ -1,12 +1,29 @@
 """Stateless kernels on arrays: each forward beside the backward that matches it."""
 
-from .conv import conv2d, conv2d_backward
-from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
-                   global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
-from .window import pad, tap_slices, unpad, window_add, windowed_view
 from .activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward, relu,
                          relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
+from .conv import choose_algorithm, conv2d, conv2d_backward
 from .linear import linear, linear_backward
 from .loss import log_softmax, softmax, softmax_backward, softmax_cross_entropy
 from .norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
                    batch_norm_train_backward, update_running)
+from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
+                   global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
+from .reduce import sum_rows
+from .window import pad, tap_slices, unpad, window_add, windowed_view
+from .winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
+
+__all__ = [
+    "leaky_relu", "leaky_relu_backward", "maxout", "maxout_backward", "prelu", "prelu_backward", "relu",
+    "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "choose_algorithm", "conv2d", "conv2d_backward",
+    "linear", "linear_backward",
+    "log_softmax", "softmax", "softmax_backward", "softmax_cross_entropy",
+    "batch_norm_fixed", "batch_norm_frozen", "batch_norm_frozen_backward", "batch_norm_train",
+    "batch_norm_train_backward", "update_running",
+    "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d",
+    "global_max_pool2d_backward", "max_pool2d", "max_pool2d_backward",
+    "sum_rows",
+    "pad", "tap_slices", "unpad", "window_add", "windowed_view",
+    "transform_filter", "winograd_conv2d", "winograd_conv2d_backward",
+]

@@ -19,6 +19,7 @@ that is not trainable or has no gradient at that moment, so unfreezing later jus
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ def arg_name(prefix: str, key: str) -> str:
     return f"{prefix}[{key!r}]" if prefix else key
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Base class: holds named parameters, groups and per-parameter state; see module doc."""
 
     #: names of the per-parameter state entries, e.g. ("exp_avg", "exp_avg_sq", "step")
@@ -65,13 +66,13 @@ class Optimizer:
             self.bind(params)
 
     # -- subclass hooks -------------------------------------------------------------------
+    @abstractmethod
     def _check_hyper(self, hyper: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         """Validate a full or partial set of hyper-parameters (not lr); names get ``prefix``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _update(self, param: Parameter, state: dict[str, Any], hyper: Mapping[str, Any]) -> None:
         """Apply one update to ``param.value`` in place from ``param.grad``."""
-        raise NotImplementedError
 
     # -- configuration ---------------------------------------------------------------------
     def _check_group(self, index: int, spec: GroupSpec) -> dict[str, Any]:

@@ -10,6 +10,7 @@ second schedule on the same optimizer.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import math
 from numbers import Real
 from typing import Any
@@ -19,7 +20,7 @@ from cnnkit.optim._checks import check_choice, check_int, check_real
 from cnnkit.optim.base import Optimizer
 
 
-class Schedule:
+class Schedule(ABC):
     """Base of the closed-form schedules: ``lr = self.lr_at(last_step)``."""
 
     def __init__(self, opt: Optimizer):
@@ -33,9 +34,9 @@ class Schedule:
         self.last_step = 0
         self._apply()
 
+    @abstractmethod
     def lr_at(self, step: int) -> float:
         """The base learning rate after ``step`` calls to :meth:`step`."""
-        raise NotImplementedError
 
     def _apply(self) -> None:
         self.opt.lr = self.lr_at(self.last_step)
