@@ -24,7 +24,7 @@ FORMAT_VERSION = "1"
 def save_model(model, path) -> None:
     """Write ``model`` (architecture and every parameter and buffer) to ``path``."""
     metadata = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "architecture": json.dumps(model.get_config())}
-    write_safetensors(path, dict(model.state_dict()), metadata)
+    write_safetensors(_with_folder(path), dict(model.state_dict()), metadata)
 
 
 def load(path):
@@ -62,7 +62,14 @@ def save_training_checkpoint(path, model, optimizer, schedule, epoch: int, histo
                 "schedule": json.dumps(schedule.state_dict() if schedule is not None else None,
                                        default=_plain),
                 "history": json.dumps(history.to_dict())}
-    write_safetensors(path, tensors, metadata)
+    write_safetensors(_with_folder(path), tensors, metadata)
+
+
+def _with_folder(path) -> Path:
+    """``path``, after creating its folder when missing (``fit(checkpoint="run/ckpt.safetensors")``)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def load_training_checkpoint(path, model, optimizer, schedule):

@@ -59,3 +59,9 @@ def test_sigkill_during_a_write_leaves_the_previous_checkpoint_loadable(tmp_path
     # a killed writer may leave its hidden temporary file behind, never a visible partial file
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "model.safetensors"]
     assert all(name.startswith(".tmp") or name.endswith(".tmp") for name in leftovers), leftovers
+
+
+def test_saving_creates_the_checkpoint_folder(tmp_path):
+    model = cnnkit.models.vgg_small(widths=(2,), dense=4)
+    model.save(tmp_path / "new" / "deeper" / "m.safetensors")
+    assert cnnkit.load(tmp_path / "new" / "deeper" / "m.safetensors").layer_names() == model.layer_names()
