@@ -43,17 +43,23 @@ def preprocessing_of(model, mode: str | None = None) -> str:
     return chosen
 
 
-def load_batch(model, paths: Sequence[str], mode: str | None = None) -> np.ndarray:
-    """Read photos and prepare them as the model's training data was: ImageNet modes resize the
-    shorter side (256 for 224) and centre-crop; the plain modes resize the whole photo."""
+def photo_transform(model, mode: str | None = None):
+    """``image -> model input`` for an RGB 0-255 photo, as the model's training data was prepared:
+    ImageNet modes resize the shorter side (256 for 224) and centre-crop; the plain modes resize
+    the whole photo."""
     height, width, channels = model.input_shape
     chosen = preprocessing_of(model, mode)
     if chosen in PLAIN_MODES:
-        return np.stack([_plain(load_image(path), (height, width), channels, chosen) for path in paths])
+        return lambda image: _plain(image, (height, width), channels, chosen)
     if height != width:
         raise ConfigError(f"{model.name}: ImageNet preprocessing needs a square input; the model takes "
                           f"{height}x{width}")
-    transform = imagenet_eval_transform(chosen, resize_to=round(height * 256 / 224), crop=height)
+    return imagenet_eval_transform(chosen, resize_to=round(height * 256 / 224), crop=height)
+
+
+def load_batch(model, paths: Sequence[str], mode: str | None = None) -> np.ndarray:
+    """Read photos and prepare them with :func:`photo_transform`."""
+    transform = photo_transform(model, mode)
     return np.stack([transform(load_image(path)) for path in paths]).astype(np.float32)
 
 

@@ -111,7 +111,8 @@ def _transfer(args: argparse.Namespace) -> int:
     if report["advice"]:
         print(report["advice"])
     print(f"wrote {args.out}/model.safetensors ({report['mode']}"
-          f"{', layer ' + report['layer'] if report['layer'] else ''}) and report.json")
+          f"{', layer ' + report['layer'] if report['layer'] else ''}), report.json"
+          f"{', report.html' if (Path(args.out) / 'report.html').is_file() else ''}")
     print(f"test accuracy: {report['test']['accuracy']:.3f}")
     return 0
 

@@ -103,14 +103,7 @@ class Sequential:
     def features(self, x: np.ndarray, layer: str, batch_size: int = 32) -> np.ndarray:
         """Inference up to and including the layer called ``layer`` (the output of ``fc7``, ``pool5``, ...)."""
         self._require_built()
-        stop = self.index(layer) + 1
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            out = x[start:start + batch_size]
-            for block in self.layers[:stop]:
-                out = block.forward(out, training=False)
-            outputs.append(out)
-        return np.concatenate(outputs) if outputs else np.zeros((0, *self.layers[stop - 1].output_shape), np.float32)
+        return self._infer(x, self.index(layer) + 1, batch_size)
 
     def backward(self, dloss: np.ndarray) -> np.ndarray:
         """Back-propagate the loss gradient of the output; return the gradient of the input."""
@@ -121,14 +114,24 @@ class Sequential:
     def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Inference over ``x`` in batches of ``batch_size`` (no caches are kept)."""
         self._require_built()
+        return self._infer(x, len(self.layers), batch_size)
+
+    def _infer(self, x: np.ndarray, stop: int, batch_size: int) -> np.ndarray:
+        """The output of the first ``stop`` layers for ``x``, in inference mode, a batch at a time."""
         if batch_size < 1:
             raise ConfigError(f"{self.name}: batch_size must be at least 1; received batch_size={batch_size}")
         x = np.asarray(x)
         if x.ndim != len(self.input_shape) + 1:
             raise ShapeError(f"{self.name}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
                              f"; received {x.shape}")
-        outputs = [self.forward(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
-        return np.concatenate(outputs) if outputs else np.zeros((0, *self.output_shape), np.float32)
+        outputs = []
+        for start in range(0, len(x), batch_size):
+            out = x[start:start + batch_size]
+            for layer in self.layers[:stop]:
+                out = layer.forward(out, training=False)
+            outputs.append(out)
+        shape = self.layers[stop - 1].output_shape if stop else self.input_shape
+        return np.concatenate(outputs) if outputs else np.zeros((0, *shape), np.float32)
 
     # ------------------------------------------------------------------ parameters
     def parameters(self, trainable_only: bool = False) -> dict[str, Parameter]:

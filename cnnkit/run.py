@@ -21,17 +21,19 @@ from .optim import SGD, Adam
 OPTIMIZERS = ("sgd", "adam")
 
 
-def load_data(spec: str, image_size: int = 64, seed: int = 0) -> tuple[Dataset, Dataset]:
+def load_data(spec: str, image_size: int | None = 64, seed: int = 0, transform=None) -> tuple[Dataset, Dataset]:
     """``"digits"`` (the bundled set), or an image folder: ``PATH/train`` and ``PATH/test`` when present,
-    otherwise ``PATH/<class>/*`` split 80/20 per class."""
+    otherwise ``PATH/<class>/*`` split 80/20 per class. Folder images are resized to ``image_size``
+    (``None``: kept) and then passed through ``transform``."""
     if spec == "digits":
         return digits("train"), digits("test")
     root = Path(spec)
     if not root.is_dir():
         raise DataError(f"--data must be 'digits' or a folder of class sub-folders; {spec!r} is neither")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return (ImageFolder(root / "train", size=image_size), ImageFolder(root / "test", size=image_size))
-    return split(ImageFolder(root, size=image_size), fraction=0.2, seed=seed)
+        return (ImageFolder(root / "train", size=image_size, transform=transform),
+                ImageFolder(root / "test", size=image_size, transform=transform))
+    return split(ImageFolder(root, size=image_size, transform=transform), fraction=0.2, seed=seed)
 
 
 def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> Sequential:

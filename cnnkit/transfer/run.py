@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..classify import load_model
-from ..data import ImageFolder, digits, imagenet_eval_transform, split
-from ..errors import ConfigError, DataError
+from ..classify import load_model, photo_transform
+from ..errors import ConfigError
 from ..io import atomic_open
+from ..run import load_data
 from .advisor import advise
 from .scenarios import features, finetune, scratch
 
@@ -19,17 +19,8 @@ MODES = ("features", "finetune", "scratch", "auto")
 def load_images(spec: str, model, seed: int = 0):
     """``(train, test)``: the bundled digits, or a folder (``train/`` and ``test/``, else an 80/20 split)
     read exactly as ``cnnkit classify`` reads photos for ``model`` (its input size and preprocessing)."""
-    if spec == "digits":
-        return digits("train"), digits("test")
-    root = Path(spec)
-    if not root.is_dir():
-        raise DataError(f"--data must be 'digits' or a folder of class sub-folders; {spec!r} is neither")
-    from ..classify import preprocessing_of
-    height = model.input_shape[0]
-    transform = imagenet_eval_transform(preprocessing_of(model), resize_to=round(height * 256 / 224), crop=height)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return ImageFolder(root / "train", transform=transform), ImageFolder(root / "test", transform=transform)
-    return split(ImageFolder(root, transform=transform), fraction=0.2, seed=seed)
+    transform = photo_transform(model) if spec != "digits" else None
+    return load_data(spec, image_size=None, seed=seed, transform=transform)
 
 
 def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "auto", layer: str | None = None,
