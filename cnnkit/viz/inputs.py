@@ -26,26 +26,12 @@ def load_model(path: str | os.PathLike):
 
 
 def load_input(model, spec: str) -> np.ndarray:
-    """One input image ``(H, W, C)`` for ``model``: ``digits:N`` (the N-th bundled test digit) or an image file.
-
-    A file is prepared the way the model's inputs were: with the model's ImageNet preprocessing
-    when it has one; otherwise resized to the input, and for a one-channel model turned grey and
-    scaled to [0, 1] like the digits; a three-channel model gets 0-255 RGB like an image folder.
-    """
+    """One input image ``(H, W, C)`` for ``model``: ``digits:N`` (the N-th bundled test digit) or an
+    image file prepared as ``cnnkit classify`` prepares photos for this model."""
     if spec.startswith(DIGITS_PREFIX):
         return _digit(model, spec)
-    if model.meta.get("preprocessing"):
-        from ..classify import load_batch
-        return load_batch(model, [spec])[0]
-    from ..data import load_image
-    height, width, channels = model.input_shape
-    image = load_image(spec, size=(height, width))
-    if channels == 1:
-        return image.mean(axis=-1, keepdims=True) / 255.0
-    if channels != 3:
-        raise ConfigError(f"--image: {model.name} takes {channels}-channel input; only 1- or 3-channel models "
-                          f"can be fed an image file")
-    return image
+    from ..classify import load_batch
+    return load_batch(model, [spec])[0]
 
 
 def _digit(model, spec: str) -> np.ndarray:
