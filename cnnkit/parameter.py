@@ -46,10 +46,16 @@ class Parameter:
     def size(self) -> int:
         return int(self.value.size)
 
-    def accumulate(self, grad: np.ndarray) -> None:
-        """Add ``grad`` into ``self.grad`` (allocating it on first use)."""
+    def accumulate(self, grad: np.ndarray, fresh: bool = False) -> None:
+        """Add ``grad`` into ``self.grad`` (allocating it on first use).
+
+        ``fresh=True`` hands over an array nobody else holds (a layer's newly computed gradient),
+        so the first accumulation keeps it instead of copying it: VGG16's fc6 gradient alone is
+        400 MB, copied every step otherwise.
+        """
         if self.grad is None:
-            self.grad = np.array(grad, dtype=self.value.dtype, copy=True)
+            adopt = fresh and isinstance(grad, np.ndarray) and grad.dtype == self._value.dtype
+            self.grad = grad if adopt else np.array(grad, dtype=self._value.dtype, copy=True)
         else:
             self.grad += grad
 

@@ -117,3 +117,21 @@ def test_layer_config_round_trip_and_repr():
     conv = Conv2d(8, 5, stride=2, padding="same", name="c")
     assert Conv2d(**conv.get_config()).get_config() == conv.get_config()
     assert repr(conv) == "Conv2d(filters=8, kernel_size=5, stride=2, padding='same', name='c')"
+
+
+def test_fresh_gradients_are_adopted_and_others_copied():
+    from cnnkit import Parameter
+    param = Parameter(np.zeros(3, np.float32))
+    fresh = np.ones(3, np.float32)
+    param.accumulate(fresh, fresh=True)
+    assert param.grad is fresh
+    param.accumulate(np.ones(3, np.float32))
+    assert (fresh == 2).all()
+    other = Parameter(np.zeros(3, np.float32))
+    held = np.ones(3, np.float32)
+    other.accumulate(held)
+    other.accumulate(held)
+    assert (held == 1).all() and (other.grad == 2).all()
+    wide = Parameter(np.zeros(3, np.float32))
+    wide.accumulate(np.ones(3), fresh=True)          # another dtype is converted, never adopted
+    assert wide.grad.dtype == np.float32

@@ -117,7 +117,7 @@ class PReLU(Layer):
         alpha = self._params["alpha"]
         dx, dalpha = prelu_backward(dy, x, alpha.value, need_alpha_grad=alpha.trainable)
         if dalpha is not None:
-            alpha.accumulate(dalpha)
+            alpha.accumulate(dalpha, fresh=True)
         return dx
 
     def cached_per_sample(self) -> int:

@@ -148,7 +148,7 @@ class Conv2d(Layer):
                 need_weight_grad=weight.trainable,
                 transformed=self._transformed_filter(WINOGRAD_TILES[algorithm], x.dtype))
         if weight.trainable:
-            weight.accumulate(dweight)
+            weight.accumulate(dweight, fresh=True)
         if self.use_bias and self._params["bias"].trainable:
-            self._params["bias"].accumulate(dbias)
+            self._params["bias"].accumulate(dbias, fresh=True)
         return dx

@@ -116,9 +116,9 @@ class Dense(Layer):
         dx, dweight, dbias = linear_backward(dy, x, weight.value, need_weight_grad=weight.trainable,
                                              need_bias_grad=bias is not None and bias.trainable)
         if dweight is not None:
-            weight.accumulate(dweight)
+            weight.accumulate(dweight, fresh=True)
         if dbias is not None:
-            bias.accumulate(dbias)
+            bias.accumulate(dbias, fresh=True)
         return dx
 
     def cached_per_sample(self) -> int:

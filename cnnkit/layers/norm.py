@@ -91,9 +91,9 @@ class BatchNorm2d(Layer):
             dx, dgamma, dbeta = batch_norm_frozen_backward(dy, x_hat, inv_std, gamma.value,
                                                            need_param_grads=gamma.trainable or beta.trainable)
         if gamma.trainable:
-            gamma.accumulate(dgamma)
+            gamma.accumulate(dgamma, fresh=True)
         if beta.trainable:
-            beta.accumulate(dbeta)
+            beta.accumulate(dbeta, fresh=True)
         return dx
 
     def cached_per_sample(self) -> int:
