@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError, WeightsError
 from .layers.base import Layer
+from .ops.threads import uses_worker_pool
 from .parameter import Parameter
 
 
@@ -91,6 +92,7 @@ class Sequential:
         return [layer.name for layer in self.layers]
 
     # ------------------------------------------------------------------ computing
+    @uses_worker_pool
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run ``x`` of shape ``(B, H, W, C)`` through every layer."""
         self._require_built()
@@ -105,6 +107,7 @@ class Sequential:
         self._require_built()
         return self._infer(x, self.index(layer) + 1, batch_size)
 
+    @uses_worker_pool
     def backward(self, dloss: np.ndarray) -> np.ndarray:
         """Back-propagate the loss gradient of the output; return the gradient of the input."""
         for layer in reversed(self.layers):
@@ -116,6 +119,7 @@ class Sequential:
         self._require_built()
         return self._infer(x, len(self.layers), batch_size)
 
+    @uses_worker_pool
     def _infer(self, x: np.ndarray, stop: int, batch_size: int) -> np.ndarray:
         """The output of the first ``stop`` layers for ``x``, in inference mode, a batch at a time."""
         if batch_size < 1:

@@ -17,6 +17,7 @@ from .data import ArrayDataset, Dataset, batches
 from .errors import ConfigError, DataError
 from .layers import Softmax
 from .ops.loss import softmax_cross_entropy
+from .ops.threads import uses_worker_pool
 from .optim import SGD, OneCycleLR, Optimizer, ReduceLROnPlateau
 
 
@@ -72,6 +73,7 @@ def frozen_prefix(layers) -> int:
     return len(layers) if has_frozen else 0
 
 
+@uses_worker_pool
 def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """One SGD step on a batch: forward, loss, backward, update. Returns the loss and the scores.
 
@@ -97,6 +99,7 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
     return loss, scores
 
 
+@uses_worker_pool
 def scores_of(model, x: np.ndarray) -> np.ndarray:
     """Class scores in inference mode (no caches kept)."""
     for layer in scoring_layers(model):

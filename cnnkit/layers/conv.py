@@ -8,6 +8,7 @@ from ..arithmetic import (as_pair, check_positive, conv_macs, conv_params, unrea
                           windows_2d)
 from ..errors import ConfigError
 from ..init import initial_weight
+from ..ops import jit
 from ..ops.conv import ALGORITHMS, choose_algorithm, conv2d, conv2d_backward
 from ..ops.winograd import supports as winograd_supports
 from ..ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
@@ -100,8 +101,9 @@ class Conv2d(Layer):
         return conv_macs(self.output_shape, self.kernel, self.input_shape[2])
 
     def workspace_per_sample(self) -> int:
-        # both paths copy the input into a zero-padded plane when there is padding
-        if not any(win.pad_before or win.pad_after for win in self._windows):
+        # the NumPy paths copy the input into a zero-padded plane when there is padding; the
+        # compiled ones read the border as zeros and work in small per-block buffers
+        if jit.enabled() or not any(win.pad_before or win.pad_after for win in self._windows):
             return 0
         h, w, c = self.input_shape
         return (h + sum(self._windows[0].pads)) * (w + sum(self._windows[1].pads)) * c

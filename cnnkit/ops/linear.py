@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .products import matmul
 from .reduce import sum_rows
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """``x @ weight + bias`` for ``x`` (B, in), ``weight`` (in, out), ``bias`` (out,) -> (B, out)."""
-    y = x @ weight
+    y = matmul(x, weight)
     if bias is not None:
         y += bias  # in place: the product is a fresh array, no second (B, out) temporary
     return y
@@ -25,7 +26,7 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, need_weig
 
     Gradients that are not needed (frozen parameters, no bias) come back as ``None`` and cost nothing.
     """
-    dx = dy @ weight.T
-    dweight = x.T @ dy if need_weight_grad else None
+    dx = matmul(dy, weight.T)
+    dweight = matmul(x.T, dy) if need_weight_grad else None
     dbias = sum_rows(dy) if need_bias_grad else None
     return dx, dweight, dbias

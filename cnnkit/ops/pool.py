@@ -9,29 +9,39 @@ Each depth slice is pooled independently. Two paths give the same numbers:
 Both reduce one kernel tap at a time (Kh*Kw vectorised operations on ``(B, Ho, Wo, C)``
 slices). Max pooling remembers, per output, which tap won (``tap = p*Kw + q``; ties go to
 the first tap in the window, as in PyTorch) in the smallest unsigned int dtype that fits.
+
+Max pooling has a third path, compiled (:mod:`cnnkit.ops.pool_kernels`), that reads each input
+once and splits the batch over the worker pool; it runs when :func:`cnnkit.ops.jit.enabled`
+and ``compiled`` is not False, and is tested against the other two.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .window import Windows, has_padding, pad, padded_shape, tap_slices, unpad, window_add, windowed_view
+from . import jit, pool_kernels
+from .threads import num_threads, run_parallel
+from .window import Windows, has_padding, output_hw, pad, padded_shape, tap_slices, unpad, window_add, windowed_view
 
 
-def max_pool2d(x: np.ndarray, windows: Windows, with_indices: bool = True
+def max_pool2d(x: np.ndarray, windows: Windows, with_indices: bool = True, compiled: bool = True
                ) -> tuple[np.ndarray, np.ndarray | None]:
     """Max over each window of ``x`` (B, H, W, C); padding counts as minus infinity.
 
     Returns ``(y, winners)``: ``y`` (B, Ho, Wo, C) and the winning tap of each output, or None
     when ``with_indices`` is False (inference).
     """
+    if compiled and jit.enabled():
+        return _compiled_max_pool(x, windows, with_indices)
     return _max_taps(_taps(x, windows, -np.inf), with_indices)
 
 
 def max_pool2d_backward(dy: np.ndarray, winners: np.ndarray, windows: Windows,
-                        input_shape: tuple[int, int, int, int]) -> np.ndarray:
+                        input_shape: tuple[int, int, int, int], compiled: bool = True) -> np.ndarray:
     """Route each output gradient to the input pixel that won its window (``winners`` from
     :func:`max_pool2d`)."""
+    if compiled and jit.enabled():
+        return _compiled_max_pool_backward(dy, winners, windows, input_shape)
     if _tiles(input_shape, windows):
         return _max_backward_tiled(dy, winners, windows, input_shape)
     return _max_backward_general(dy, winners, windows, input_shape)
@@ -97,6 +107,50 @@ def global_max_pool2d_backward(dy: np.ndarray, positions: np.ndarray,
 
 
 # ----------------------------------------------------------------- shared pieces
+
+def _compiled_max_pool(x, windows, with_indices):
+    x = np.ascontiguousarray(x)
+    b, _, _, c = x.shape
+    y = np.empty((b, *output_hw(padded_shape(x.shape, windows)[1:3], windows), c), dtype=x.dtype)
+    kh, kw = windows[0].kernel, windows[1].kernel
+    winners = np.empty(y.shape if with_indices else (1, 1, 1, 1), dtype=np.min_scalar_type(kh * kw - 1))
+    geometry = _kernel_geometry(windows)
+
+    def work(part, parts):
+        first, stop = _image_range(b, part, parts)
+        pool_kernels.max_pool(x, *geometry, first, stop, y, winners, with_indices)
+    _split_batch(work, b)
+    return y, (winners if with_indices else None)
+
+
+def _compiled_max_pool_backward(dy, winners, windows, input_shape):
+    dy = np.ascontiguousarray(dy)
+    tiled = _tiles(input_shape, windows)
+    dx = (np.empty if tiled else np.zeros)(input_shape, dtype=dy.dtype)
+    geometry = _kernel_geometry(windows)
+
+    def work(part, parts):
+        first, stop = _image_range(dy.shape[0], part, parts)
+        pool_kernels.max_pool_backward(dy, winners, *geometry, first, stop, tiled, dx)
+    _split_batch(work, dy.shape[0])
+    return dx
+
+
+def _kernel_geometry(windows: Windows) -> tuple[int, ...]:
+    """``(Kh, Kw, Sh, Sw, top, left, Dh, Dw)`` as the pool kernels take them."""
+    wh, ww = windows
+    return wh.kernel, ww.kernel, wh.stride, ww.stride, wh.pad_before, ww.pad_before, wh.dilation, ww.dilation
+
+
+def _split_batch(work, batch: int) -> None:
+    """Run ``work(part, parts)`` over disjoint image ranges on the worker pool."""
+    parts = max(1, min(num_threads(), batch))
+    run_parallel(lambda part: work(part, parts), parts)
+
+
+def _image_range(batch: int, part: int, parts: int) -> tuple[int, int]:
+    return batch * part // parts, batch * (part + 1) // parts
+
 
 def _tiles(shape: tuple[int, ...], windows: Windows) -> bool:
     """True when the windows cut the (H, W) plane into disjoint tiles that cover it all."""

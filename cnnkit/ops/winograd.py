@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from . import jit, winograd_fast
 from .reduce import sum_rows
 from .window import Windows
 
@@ -104,14 +105,18 @@ class _Geometry:
 
 
 def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
-                    tile: int = 4, transformed: np.ndarray | None = None) -> np.ndarray:
+                    tile: int = 4, transformed: np.ndarray | None = None, compiled: bool = True) -> np.ndarray:
     """3x3 stride-1 convolution of ``x`` (B, H, W, C) by Winograd F(tile x tile, 3x3).
 
     ``transformed`` is :func:`transform_filter` of ``weight`` when the caller cached it.
+    F(4x4) runs the compiled :mod:`~cnnkit.ops.winograd_fast` path when it is enabled, and
+    ``compiled=False`` forces this module's NumPy reference.
     """
+    u = transformed if transformed is not None else transform_filter(weight.astype(x.dtype, copy=False), tile)
+    if tile == 4 and compiled and jit.enabled():
+        return winograd_fast.conv2d(x, u, bias, windows)
     geo = _Geometry(x.shape, windows, tile)
     bt2, _, at2 = _kron(tile, x.dtype)
-    u = transformed if transformed is not None else transform_filter(weight.astype(x.dtype, copy=False), tile)
     n = weight.shape[3]
     xp = geo.padded(x)
     y = np.empty((x.shape[0], geo.th * tile, geo.tw * tile, n), dtype=x.dtype)
@@ -130,13 +135,16 @@ def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
 
 def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows, tile: int = 4,
                              need_input_grad: bool = True, need_weight_grad: bool = True,
-                             transformed: np.ndarray | None = None):
+                             transformed: np.ndarray | None = None, compiled: bool = True):
     """``(dx, dweight, dbias)`` of :func:`winograd_conv2d`, its exact adjoint (either gradient may be skipped)."""
-    geo = _Geometry(x.shape, windows, tile)
     dtype = x.dtype
     bt2, g2, at2 = _kron(tile, dtype)
     weight = weight.astype(dtype, copy=False)
     u = transformed if transformed is not None else transform_filter(weight, tile)
+    if tile == 4 and compiled and jit.enabled():
+        dx, du, dbias = winograd_fast.conv2d_backward(dy, x, u, windows, need_input_grad, need_weight_grad)
+        return dx, _filter_gradient(du, g2, weight.shape), dbias
+    geo = _Geometry(x.shape, windows, tile)
     n = weight.shape[3]
     dy = dy.astype(dtype, copy=False)
     dbias = sum_rows(dy.reshape(-1, n))
@@ -151,9 +159,14 @@ def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, 
         if need_input_grad:
             dtiles = bt2.T @ np.matmul(dm, u.transpose(0, 2, 1)).reshape(bt2.shape[0], -1)
             _scatter_tiles(dxp[images, rows.start * tile:], dtiles, rows.stop - rows.start, geo)
-    dweight = (g2.T @ du.reshape(g2.shape[0], -1)).reshape(weight.shape) if need_weight_grad else None
+    dweight = _filter_gradient(du, g2, weight.shape)
     dx = dxp[:, geo.top:geo.top + geo.h, geo.left:geo.left + geo.w] if need_input_grad else None
     return dx, dweight, dbias
+
+
+def _filter_gradient(du: np.ndarray | None, g2: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``dweight = (G ⊗ G)^T du``: the gradient of the filters from that of the transformed filters."""
+    return None if du is None else (g2.T @ du.reshape(g2.shape[0], -1)).reshape(shape)
 
 
 def _tiled_gradient(dy: np.ndarray, geo: _Geometry) -> np.ndarray:

@@ -1,0 +1,57 @@
+"""Compiled (Numba) im2col and its adjoint, for the GEMM convolution path.
+
+NumPy copies the windowed view ``(B, Ho, Wo, Kh, Kw, C)`` with its innermost loop over the C
+channels, which for an RGB input is three numbers per call. These kernels copy the same rows
+(one per output position, ``Kh*Kw*C`` numbers in tap-major, channel-minor order) with padding
+read as zeros, so the padded copy of the input is never made. The windows are
+``(kernel, stride, pad_before, dilation)`` per axis, unpacked into integers; rows are counted
+over the whole batch, ``row = (b*Ho + i)*Wo + j``.
+"""
+
+from __future__ import annotations
+
+from .jit import kernel
+
+
+@kernel
+def im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
+    """``cols[r] = window of output row first_row + r``; a spare last column, if any, is set to 1
+    (it multiplies the bias row of an augmented weight)."""
+    _, h, w, c = x.shape
+    width = kh * kw * c
+    for r in range(cols.shape[0]):
+        row = first_row + r
+        b, rest = row // (out_h * out_w), row % (out_h * out_w)
+        y0, x0 = (rest // out_w) * sh - top, (rest % out_w) * sw - left
+        for p in range(kh):
+            for q in range(kw):
+                start = (p * kw + q) * c
+                yy, xx = y0 + p * dh, x0 + q * dw
+                if 0 <= yy < h and 0 <= xx < w:
+                    for k in range(c):
+                        cols[r, start + k] = x[b, yy, xx, k]
+                else:
+                    for k in range(c):
+                        cols[r, start + k] = 0
+        if cols.shape[1] > width:
+            cols[r, width] = 1
+
+
+@kernel
+def col2im_add(dcols, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, dx):
+    """``dx += `` each row of ``dcols`` added back where :func:`im2col` read it (the adjoint).
+
+    Overlapping windows add into the same pixels: concurrent calls must cover disjoint images.
+    """
+    _, h, w, c = dx.shape
+    for r in range(dcols.shape[0]):
+        row = first_row + r
+        b, rest = row // (out_h * out_w), row % (out_h * out_w)
+        y0, x0 = (rest // out_w) * sh - top, (rest % out_w) * sw - left
+        for p in range(kh):
+            for q in range(kw):
+                start = (p * kw + q) * c
+                yy, xx = y0 + p * dh, x0 + q * dw
+                if 0 <= yy < h and 0 <= xx < w:
+                    for k in range(c):
+                        dx[b, yy, xx, k] += dcols[r, start + k]

@@ -1,0 +1,98 @@
+"""How cnnkit uses the cores: BLAS threads for big matrix products, a small worker pool for the rest.
+
+Two levels of parallelism must never run at once, or they fight over the same cores:
+
+* NumPy's BLAS (OpenBLAS) splits one large matrix product over its own threads. Its count is
+  set by ``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) before NumPy is imported.
+* cnnkit's worker pool runs independent blocks of work (Winograd tiles of a convolution, rows of
+  a pooling) side by side. Each block is a compiled kernel that releases the GIL plus small
+  matrix products; while the pool runs, BLAS is held to one thread per worker.
+
+``CNNKIT_NUM_THREADS`` sets the pool's size (default: the cores this process may use);
+``CNNKIT_NUM_THREADS=1`` runs every block in the calling thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from ..errors import ConfigError
+
+ENV_THREADS = "CNNKIT_NUM_THREADS"
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_blas_limiter = None
+
+
+def num_threads() -> int:
+    """Workers in the pool: ``CNNKIT_NUM_THREADS`` if set, else the cores available to this process."""
+    value = os.environ.get(ENV_THREADS)
+    if value is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"environment variable {ENV_THREADS}={value!r} is not a positive integer; "
+                          f"set it to the number of worker threads, e.g. {ENV_THREADS}=2, or unset it")
+    return int(value)
+
+
+def run_parallel(task, parts: int) -> list:
+    """``[task(0), ..., task(parts - 1)]``, on the worker pool when ``parts > 1``.
+
+    Each task must touch disjoint output (or its own accumulator). BLAS runs one thread per
+    worker meanwhile, so the pool and BLAS never oversubscribe the cores.
+    """
+    if parts <= 1:
+        return [task(0)]
+    with single_threaded_blas():
+        return list(_get_pool(parts).map(task, range(parts)))
+
+
+@contextmanager
+def single_threaded_blas():
+    """Hold NumPy's BLAS to one thread inside the block (no-op when threadpoolctl is absent)."""
+    limiter = _get_blas_limiter()
+    if limiter is None:
+        yield
+        return
+    with limiter.limit(limits=1, user_api="blas"):
+        yield
+
+
+def uses_worker_pool(function):
+    """Decorate an entry point (a forward, a training step) to run with BLAS held to one thread.
+
+    Inside, every large product goes through the pool (:func:`cnnkit.ops.products.matmul`);
+    a multi-threaded BLAS call would leave OpenBLAS's helper threads spinning on the cores
+    that the pool needs next.
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with single_threaded_blas():
+            return function(*args, **kwargs)
+    return wrapper
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnkit")
+        return _pool
+
+
+def _get_blas_limiter():
+    """One ``threadpoolctl.ThreadpoolController`` (its library scan is slow, so it is kept)."""
+    global _blas_limiter
+    if _blas_limiter is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # the pool still works; BLAS may then oversubscribe
+            _blas_limiter = False
+        else:
+            _blas_limiter = ThreadpoolController()
+    return _blas_limiter or None

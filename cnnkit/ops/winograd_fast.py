@@ -1,0 +1,192 @@
+"""Winograd F(4x4, 3x3) with compiled tile transforms, block by block on the worker pool.
+
+The same computation as :func:`cnnkit.ops.winograd.winograd_conv2d` (the reference, in pure
+NumPy), ordered for the cache: the batch's output tiles are cut into blocks of about
+:data:`BLOCK_ELEMENTS` transformed numbers, and each worker takes a block through all three
+steps (input transform, 36 per-position matrix products, output transform) while it is still
+in its core's cache. The transforms are Numba kernels (:mod:`cnnkit.ops.winograd_kernels`);
+the products are BLAS, one thread per worker.
+
+Used when :func:`cnnkit.ops.jit.enabled`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import winograd_kernels as _kernels
+from .reduce import sum_rows
+from .threads import num_threads, run_parallel
+
+#: Transformed numbers in one block's buffer, ``36 * tiles * channels`` (1 MiB of float32): a
+#: block's three buffers stay in a core's 2 MiB L2 cache. Measured with benchmarks/conv_paths.py.
+BLOCK_ELEMENTS = 1 << 18
+#: Fewer tiles than this make the per-position products too small for BLAS to be efficient.
+MIN_BLOCK_TILES = 16
+
+
+@dataclass(frozen=True)
+class _Block:
+    """``band_rows`` tile rows from ``first_row`` in each of ``images`` images from ``first_image``;
+    ``band`` counts the bands of one image."""
+    first_image: int
+    images: int
+    first_row: int
+    band_rows: int
+    tw: int
+    band: int = 0
+
+    @property
+    def tiles(self) -> int:
+        return self.images * self.band_rows * self.tw
+
+    def args(self) -> tuple[int, int, int, int]:
+        return self.first_image, self.first_row, self.band_rows, self.tw
+
+
+class _Plan:
+    """Tiles and blocks of a 3x3 stride-1 convolution of ``x_shape`` by ``filters`` filters."""
+
+    def __init__(self, x_shape: tuple[int, ...], windows, filters: int):
+        self.batch, self.h, self.w, self.c = x_shape
+        self.n = filters
+        wh, ww = windows
+        self.top, self.left = wh.pad_before, ww.pad_before
+        self.out_h = self.h + wh.pad_before + wh.pad_after - 2
+        self.out_w = self.w + ww.pad_before + ww.pad_after - 2
+        self.th, self.tw = -(-self.out_h // 4), -(-self.out_w // 4)
+        self.workers = num_threads()
+        self.blocks = self._cut(max(self.c, filters))
+
+    def _cut(self, channels: int) -> list[_Block]:
+        """Whole images per block when images are small, else bands of tile rows of one image;
+        blocks are made small enough that every worker gets at least two."""
+        total = self.batch * self.th * self.tw
+        wanted = max(MIN_BLOCK_TILES, min(BLOCK_ELEMENTS // (36 * channels), -(-total // (2 * self.workers))))
+        per_image = self.th * self.tw
+        if wanted >= per_image:
+            step = wanted // per_image
+            return [_Block(first, min(step, self.batch - first), 0, self.th, self.tw)
+                    for first in range(0, self.batch, step)]
+        rows = max(1, wanted // self.tw)
+        return [_Block(image, 1, first, min(rows, self.th - first), self.tw, band)
+                for image in range(self.batch) for band, first in enumerate(range(0, self.th, rows))]
+
+    def max_tiles(self) -> int:
+        return max(block.tiles for block in self.blocks)
+
+    def waves(self) -> list[list[_Block]]:
+        """Blocks that may scatter into the input gradient at the same time: bands of one image
+        overlap their neighbours by two rows, so even and odd bands go in separate waves."""
+        waves = ([block for block in self.blocks if block.band % 2 == parity] for parity in (0, 1))
+        return [wave for wave in waves if wave]
+
+
+def _spread(blocks: list, workers: int) -> tuple[int, callable]:
+    """``(parts, blocks_of)``: a fixed round-robin split, so results do not depend on timing."""
+    parts = max(1, min(workers, len(blocks)))
+    return parts, lambda part: blocks[part::parts]
+
+
+class _Buffers:
+    """A worker's scratch: three buffers of ``36 * tiles * channels`` numbers, viewed as needed."""
+
+    def __init__(self, plan: _Plan, dtype):
+        size = 36 * plan.max_tiles() * max(plan.c, plan.n)
+        self.flat = [np.empty(size, dtype=dtype) for _ in range(3)]
+
+    def view(self, which: int, positions: int, tiles: int, channels: int) -> np.ndarray:
+        """Buffer ``which`` as a contiguous ``(positions, tiles, channels)`` array."""
+        return self.flat[which][:positions * tiles * channels].reshape(positions, tiles, channels)
+
+
+def _lines(pass_kernel, src: np.ndarray, dst: np.ndarray, lines: int, in_step: int, in_stride: int,
+           out_step: int, out_stride: int) -> None:
+    """Run a 1-D transform pass over position-major buffers flattened to (positions, n)."""
+    pass_kernel(src.reshape(src.shape[0], -1), dst.reshape(dst.shape[0], -1), lines, in_step, in_stride,
+                out_step, out_stride)
+
+
+def _input_transform(x, plan, block, buffers, into: int, spare: int) -> np.ndarray:
+    """``V = (B^T ⊗ B^T) d`` of the block's input tiles, (36, tiles, C), in buffer ``into``."""
+    d = buffers.view(into, 36, block.tiles, plan.c)
+    rows = buffers.view(spare, 36, block.tiles, plan.c)
+    _kernels.gather_input_tiles(x, plan.top, plan.left, *block.args(), d)
+    _lines(_kernels.bt_lines, d, rows, 6, 1, 6, 1, 6)        # down each column j: rows j + 6*i
+    _lines(_kernels.bt_lines, rows, d, 6, 6, 1, 6, 1)        # along each row i: rows 6*i + j
+    return d
+
+
+def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows) -> np.ndarray:
+    """3x3 stride-1 convolution of ``x`` (B, H, W, C) given transformed filters ``u`` (36, C, N)."""
+    x = np.ascontiguousarray(x)
+    n = u.shape[2]
+    plan = _Plan(x.shape, windows, n)
+    y = np.empty((plan.batch, plan.out_h, plan.out_w, n), dtype=x.dtype)
+    bias = np.zeros(n, x.dtype) if bias is None else bias.astype(x.dtype, copy=False)
+    parts, blocks_of = _spread(plan.blocks, plan.workers)
+
+    def work(part: int) -> None:
+        buffers = _Buffers(plan, x.dtype)
+        for block in blocks_of(part):
+            v = _input_transform(x, plan, block, buffers, 0, 1)
+            m = buffers.view(1, 36, block.tiles, n)
+            np.matmul(v, u, out=m)
+            cols = buffers.view(0, 24, block.tiles, n)
+            out = buffers.view(2, 16, block.tiles, n)
+            _lines(_kernels.at_lines, m, cols, 6, 1, 6, 1, 6)     # A^T down each column: rows j + 6*i
+            _lines(_kernels.at_lines, cols, out, 4, 6, 1, 4, 1)   # A^T along each row: rows 4*i + j
+            _kernels.scatter_output_tiles(out, bias, *block.args(), y)
+
+    run_parallel(work, parts)
+    return y
+
+
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_input_grad: bool = True,
+                    need_weight_grad: bool = True):
+    """``(dx, du, dbias)`` of :func:`conv2d`: ``du`` is the gradient of the transformed filters
+    (36, C, N); either of ``dx`` and ``du`` is None when not needed."""
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy.astype(x.dtype, copy=False))
+    c, n = u.shape[1:]
+    plan = _Plan(x.shape, windows, n)
+    dbias = sum_rows(dy.reshape(-1, n))
+    dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
+    du = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
+    u_t = u.transpose(0, 2, 1)
+
+    def block_grads(block, buffers, partial, product) -> None:
+        g = buffers.view(0, 16, block.tiles, n)
+        _kernels.gather_output_tiles(dy, *block.args(), g)
+        rows = buffers.view(1, 24, block.tiles, n)
+        dm = buffers.view(0, 36, block.tiles, n)
+        _lines(_kernels.at_adjoint_lines, g, rows, 4, 1, 4, 1, 4)    # A down each column: rows 4*p + j
+        _lines(_kernels.at_adjoint_lines, rows, dm, 6, 4, 1, 6, 1)   # A along each row: rows 6*p + q
+        if need_weight_grad:
+            v = _input_transform(x, plan, block, buffers, 1, 2)
+            np.matmul(v.transpose(0, 2, 1), dm, out=product)
+            partial += product
+        if need_input_grad:
+            dv = buffers.view(1, 36, block.tiles, c)
+            np.matmul(dm, u_t, out=dv)
+            cols = buffers.view(2, 36, block.tiles, c)
+            _lines(_kernels.bt_adjoint_lines, dv, cols, 6, 1, 6, 1, 6)
+            _lines(_kernels.bt_adjoint_lines, cols, dv, 6, 6, 1, 6, 1)
+            _kernels.add_input_tiles(dv, plan.top, plan.left, *block.args(), dx)
+
+    for wave in plan.waves():
+        parts, blocks_of = _spread(wave, plan.workers)
+
+        def work(part: int, blocks_of=blocks_of):
+            buffers = _Buffers(plan, x.dtype)
+            partial = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
+            product = np.empty(u.shape, dtype=x.dtype) if need_weight_grad else None
+            for block in blocks_of(part):
+                block_grads(block, buffers, partial, product)
+            return partial
+
+        for partial in run_parallel(work, parts):
+            if partial is not None:
+                du += partial
+    return dx, du, dbias
