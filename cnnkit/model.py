@@ -55,6 +55,8 @@ class Sequential:
             if hasattr(layer, "inplace"):
                 # overwriting the input is safe only when nobody else holds it
                 layer.inplace = before is not None and before.fresh_output
+            if hasattr(layer, "grad_inplace"):
+                layer.grad_inplace = after is not None and after.fresh_input_grad
             shape = layer.build(shape, rng, strict=self.strict)
         return shape
 

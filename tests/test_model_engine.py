@@ -36,6 +36,24 @@ def test_relu_works_in_place_only_on_arrays_nobody_else_holds():
     assert (x == -1).all()
 
 
+def test_relu_overwrites_only_gradients_that_the_layer_after_made_fresh():
+    model = cnnkit.Sequential([Conv2d(2, 1), ReLU(), Conv2d(2, 1), ReLU(), Flatten(), Dense(3), ReLU()],
+                              input_shape=(3, 3, 1))
+    assert [layer.grad_inplace for layer in model.layers if isinstance(layer, ReLU)] == [True, False, False]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 3, 1)).astype(np.float32)
+    dy = rng.standard_normal((2, 3)).astype(np.float32)
+    original = dy.copy()
+    model.forward(x, training=True)
+    dx = model.backward(dy)
+    np.testing.assert_array_equal(dy, original)   # the caller's gradient is never written
+    for relu in model.layers[1::2][:2]:
+        relu.grad_inplace = False
+    model.zero_grad()
+    model.forward(x, training=True)
+    np.testing.assert_array_equal(model.backward(dy), dx)
+
+
 def test_wrong_channel_count_names_layer_and_shapes():
     model = cnnkit.models.vgg16(width=1 / 16, input_shape=(32, 32, 3))
     with pytest.raises(ShapeError, match=r"^conv1_1: expected input of shape \(B, 32, 32, 3\); "

@@ -4,7 +4,9 @@ In place: a layer never modifies the array passed to ``forward`` unless its ``in
 attribute is True (ReLU, LeakyReLU, Sigmoid, Tanh; default False). Setting it is a promise
 by the caller (a ``Sequential``) that nobody else reads that array afterwards: it is a fresh
 output of the layer before, which that layer does not keep in its own cache. Then the
-activation overwrites it and allocates no new volume. Backward never writes into ``dy``.
+activation overwrites it and allocates no new volume. Likewise backward writes into ``dy``
+only when ``grad_inplace`` is True: the caller's promise that ``dy`` is a fresh input gradient
+of the layer after, which nobody else reads (ReLU uses it; default False).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class _Elementwise(Layer):
     in_place = True
     #: Overwrite the input array (set only when the caller guarantees nobody else reads it).
     inplace = False
+    #: Overwrite the output gradient in backward (same promise, for ``dy``).
+    grad_inplace = False
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self.check_input(x)
@@ -65,7 +69,7 @@ class ReLU(_Elementwise):
         return relu(x, out)
 
     def _gradient(self, dy, y):
-        return relu_backward(dy, y)
+        return relu_backward(dy, y, out=dy if self.grad_inplace else None)
 
 
 class LeakyReLU(_Elementwise):

@@ -34,6 +34,9 @@ class Layer(ABC):
     #: The output of forward is a new array the layer keeps no reference to, so the next layer
     #: may overwrite it (Sequential then lets an activation work in place).
     fresh_output = False
+    #: Likewise for the gradient that backward returns (Sequential lets the activation before
+    #: this layer overwrite it).
+    fresh_input_grad = False
     #: ``backward(dy, need_input_grad=False)`` skips computing the input gradient (a first layer).
     skips_input_grad = False
 

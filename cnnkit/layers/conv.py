@@ -41,6 +41,7 @@ class Conv2d(Layer):
     """
 
     fresh_output = True
+    fresh_input_grad = True
     skips_input_grad = True
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding=0, dilation=1,

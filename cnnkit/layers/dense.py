@@ -75,6 +75,7 @@ class Dense(Layer):
     """
 
     fresh_output = True
+    fresh_input_grad = True
 
     def __init__(self, units: int, use_bias: bool = True, init: str = "auto", name: str | None = None):
         super().__init__(name)

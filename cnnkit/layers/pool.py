@@ -15,6 +15,7 @@ class _Pool2d(Layer):
     """Shared build of the windowed poolings: each depth slice is pooled independently."""
 
     fresh_output = True
+    fresh_input_grad = True
 
     def __init__(self, pool_size=2, stride=None, padding=0, name: str | None = None):
         super().__init__(name)

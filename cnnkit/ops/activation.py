@@ -17,10 +17,13 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Gradient of ReLU from its output ``y``: ``dy`` where ``y > 0``, else 0 (0 at the kink, as PyTorch)."""
+def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of ReLU from its output ``y``: ``dy`` where ``y > 0``, else 0 (0 at the kink, as PyTorch).
+
+    ``out`` may be ``dy`` itself when the caller owns it: no new volume is allocated then.
+    """
     # multiplying by a boolean mask is several times faster than np.where on large volumes
-    return np.multiply(dy, y > 0, dtype=dy.dtype)
+    return np.multiply(dy, y > 0, dtype=dy.dtype, out=out)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float, out: np.ndarray | None = None) -> np.ndarray:
