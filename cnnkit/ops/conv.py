@@ -10,21 +10,18 @@ with ``cols`` the windowed view of the padded input flattened to ``(B*Ho*Wo, Kh*
 buffer. Backward is the same product transposed: ``dweight = cols^T @ dy``,
 ``dbias = sum(dy)``, and ``dcols = dy @ weight^T`` scattered back with :func:`window_add`.
 
-When :func:`cnnkit.ops.jit.enabled` the columns are built by compiled kernels instead
-(:mod:`cnnkit.ops.gemm_kernels`, split over the worker pool) with a column of ones, so that the
-bias rides along in the same matrix product forward and ``dbias`` comes out of the
-``dweight`` product backward. ``compiled=False`` forces the NumPy reference.
+When :func:`cnnkit.ops.jit.enabled` the compiled path :mod:`cnnkit.ops.conv_fast` runs
+instead; ``compiled=False`` forces this module's NumPy reference.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import gemm_kernels, jit, winograd
+from . import conv_fast, jit, winograd
 from .products import matmul
 from .reduce import sum_rows
-from .threads import num_threads, run_parallel
-from .window import Windows, has_padding, output_hw, pad, padded_shape, unpad, window_add, windowed_view
+from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, windowed_view
 
 #: Numbers in one im2col buffer (64 MB of float32); always at least one image.
 CHUNK_ELEMENTS = 1 << 24
@@ -71,7 +68,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: 
         # a 1x1 stride-1 convolution is already a matrix product: no window copy
         y = matmul(x.reshape(-1, c), weight.reshape(c, n)).reshape(*x.shape[:3], n)
     elif compiled and jit.enabled():
-        return _compiled_conv2d(x, weight, None if bias is None else _match_dtype(bias, x), windows)
+        return conv_fast.conv2d(x, weight, None if bias is None else _match_dtype(bias, x), windows)
     else:
         view = windowed_view(pad(x, windows), windows)
         b, ho, wo = view.shape[:3]
@@ -96,15 +93,16 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: 
     weight = _match_dtype(weight, x)
     kh, kw, c, n = weight.shape
     dy2 = _match_dtype(dy, x).reshape(-1, n)
+    pointwise = _is_pointwise(weight, windows)
+    if compiled and jit.enabled() and not pointwise:
+        return conv_fast.conv2d_backward(dy2, x, weight, windows, need_input_grad, need_weight_grad)
     dbias = sum_rows(dy2)
     w2 = weight.reshape(kh * kw * c, n)
-    if _is_pointwise(weight, windows):
+    if pointwise:
         x2 = x.reshape(-1, c)
         dweight = matmul(x2.T, dy2).reshape(weight.shape) if need_weight_grad else None
         dx = matmul(dy2, w2.T).reshape(x.shape) if need_input_grad else None
         return dx, dweight, dbias
-    if compiled and jit.enabled():
-        return _compiled_conv2d_backward(dy2, x, weight, windows, need_input_grad, need_weight_grad, dbias)
     view = windowed_view(pad(x, windows), windows)
     dweight = np.zeros_like(w2) if need_weight_grad else None
     dxp = np.zeros(padded_shape(x.shape, windows), dtype=x.dtype) if need_input_grad else None
@@ -164,88 +162,6 @@ def _chunk_ranges(view: np.ndarray):
     for start in range(0, batch, images_per_chunk):
         stop = min(batch, start + images_per_chunk)
         yield slice(start * per_image, stop * per_image), slice(start, stop)
-
-
-class _Columns:
-    """im2col by the compiled kernels: the geometry, image-aligned chunks of rows, and the parallel fill."""
-
-    def __init__(self, x: np.ndarray, weight_shape: tuple[int, ...], windows: Windows, ones: bool):
-        self.x = np.ascontiguousarray(x)
-        kh, kw, c, _ = weight_shape
-        self.out_hw = output_hw(padded_shape(x.shape, windows)[1:3], windows)
-        self.per_image = self.out_hw[0] * self.out_hw[1]
-        self.width = kh * kw * c + int(ones)
-        wh, ww = windows
-        self.geometry = (kh, kw, wh.stride, ww.stride, wh.pad_before, ww.pad_before, wh.dilation, ww.dilation,
-                         *self.out_hw)
-        self.images_per_chunk = min(x.shape[0], max(1, CHUNK_ELEMENTS // (self.per_image * self.width)))
-        self.buffer = None
-
-    def chunks(self):
-        """Yield ``(rows, images)`` slices, about :data:`CHUNK_ELEMENTS` numbers of columns each."""
-        batch = self.x.shape[0]
-        for start in range(0, batch, self.images_per_chunk):
-            stop = min(batch, start + self.images_per_chunk)
-            yield slice(start * self.per_image, stop * self.per_image), slice(start, stop)
-
-    def fill(self, rows: slice) -> np.ndarray:
-        """The columns of ``rows``, in a buffer reused from chunk to chunk."""
-        if self.buffer is None:
-            self.buffer = np.empty((self.images_per_chunk * self.per_image, self.width), dtype=self.x.dtype)
-        cols = self.buffer[:rows.stop - rows.start]
-        parts = max(1, min(num_threads(), cols.shape[0] // 64))
-
-        def work(part: int) -> None:
-            first, stop = _share(cols.shape[0], part, parts)
-            gemm_kernels.im2col(self.x, *self.geometry, rows.start + first, cols[first:stop])
-        run_parallel(work, parts)
-        return cols
-
-    def add_back(self, dcols: np.ndarray, rows: slice, images: slice, dx: np.ndarray) -> None:
-        """``dx += col2im(dcols)``, split by image so that no two workers add into one pixel."""
-        count = images.stop - images.start
-        parts = max(1, min(num_threads(), count))
-
-        def work(part: int) -> None:
-            first, stop = (self.per_image * k for k in _share(count, part, parts))
-            gemm_kernels.col2im_add(dcols[first:stop], *self.geometry, rows.start + first, dx)
-        run_parallel(work, parts)
-
-
-def _compiled_conv2d(x, weight, bias, windows) -> np.ndarray:
-    """:func:`conv2d` with compiled im2col; the bias is a last row of the weight matrix."""
-    kh, kw, c, n = weight.shape
-    w2 = weight.reshape(kh * kw * c, n)
-    if bias is not None:
-        w2 = np.concatenate([w2, bias[None]])
-    columns = _Columns(x, weight.shape, windows, ones=bias is not None)
-    y = np.empty((x.shape[0] * columns.per_image, n), dtype=x.dtype)
-    for rows, _ in columns.chunks():
-        matmul(columns.fill(rows), w2, out=y[rows])
-    return y.reshape(x.shape[0], *columns.out_hw, n)
-
-
-def _compiled_conv2d_backward(dy2, x, weight, windows, need_input_grad, need_weight_grad, dbias):
-    """:func:`conv2d_backward` with compiled im2col and col2im; ``dbias`` is the last row of
-    the augmented ``dweight`` product."""
-    kh, kw, c, n = weight.shape
-    columns = _Columns(x, weight.shape, windows, ones=True)
-    dweight = np.zeros((columns.width, n), dtype=x.dtype) if need_weight_grad else None
-    dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
-    w2t = weight.reshape(kh * kw * c, n).T
-    for rows, images in columns.chunks():
-        if need_weight_grad:
-            dweight += matmul(columns.fill(rows).T, dy2[rows])
-        if need_input_grad:
-            columns.add_back(matmul(dy2[rows], w2t), rows, images, dx)
-    if not need_weight_grad:
-        return dx, None, dbias
-    return dx, dweight[:-1].reshape(weight.shape), dweight[-1].copy()
-
-
-def _share(total: int, part: int, parts: int) -> tuple[int, int]:
-    """The ``part``-th of ``parts`` nearly equal consecutive ranges of ``range(total)``."""
-    return total * part // parts, total * (part + 1) // parts
 
 
 def _is_pointwise(weight: np.ndarray, windows: Windows) -> bool:

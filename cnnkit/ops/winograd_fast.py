@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import winograd_kernels as _kernels
-from .reduce import sum_rows
 from .threads import num_threads, run_parallel
 
 #: Transformed numbers in one block's buffer, ``36 * tiles * channels`` (1 MiB of float32): a
@@ -151,14 +150,15 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy.astype(x.dtype, copy=False))
     c, n = u.shape[1:]
     plan = _Plan(x.shape, windows, n)
-    dbias = sum_rows(dy.reshape(-1, n))
     dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
     du = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
     u_t = u.transpose(0, 2, 1)
 
-    def block_grads(block, buffers, partial, product) -> None:
+    def block_grads(block, buffers, partial, product, partial_bias) -> None:
         g = buffers.view(0, 16, block.tiles, n)
-        _kernels.gather_output_tiles(dy, *block.args(), g)
+        block_bias = np.zeros(n, dtype=x.dtype)   # summed per block, then over blocks: less rounding
+        _kernels.gather_output_tiles(dy, *block.args(), g, block_bias)
+        partial_bias += block_bias
         rows = buffers.view(1, 24, block.tiles, n)
         dm = buffers.view(0, 36, block.tiles, n)
         _lines(_kernels.at_adjoint_lines, g, rows, 4, 1, 4, 1, 4)    # A down each column: rows 4*p + j
@@ -175,6 +175,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
             _lines(_kernels.bt_adjoint_lines, cols, dv, 6, 6, 1, 6, 1)
             _kernels.add_input_tiles(dv, plan.top, plan.left, *block.args(), dx)
 
+    dbias = np.zeros(n, dtype=x.dtype)
     for wave in plan.waves():
         parts, blocks_of = _spread(wave, plan.workers)
 
@@ -182,11 +183,14 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
             buffers = _Buffers(plan, x.dtype)
             partial = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
             product = np.empty(u.shape, dtype=x.dtype) if need_weight_grad else None
+            partial_bias = np.zeros(n, dtype=x.dtype)
             for block in blocks_of(part):
-                block_grads(block, buffers, partial, product)
-            return partial
+                block_grads(block, buffers, partial, product, partial_bias)
+            return partial, partial_bias
 
-        for partial in run_parallel(work, parts):
+        # partial sums are added in part order: the result does not depend on timing
+        for partial, partial_bias in run_parallel(work, parts):
+            dbias += partial_bias
             if partial is not None:
                 du += partial
     return dx, du, dbias

@@ -175,9 +175,10 @@ def scatter_output_tiles(o, bias, first_image, first_row, band_rows, tw, y):
 
 
 @kernel
-def gather_output_tiles(dy, first_image, first_row, band_rows, tw, g):
+def gather_output_tiles(dy, first_image, first_row, band_rows, tw, g, dbias):
     """``g[4*i + j, t, :] = dy`` at position (i, j) of output tile ``t`` (zero past the edge),
-    the adjoint of :func:`scatter_output_tiles` without the bias."""
+    the adjoint of :func:`scatter_output_tiles`; its bias part, the sum of ``dy`` over the
+    block's pixels, is added into ``dbias``."""
     _, out_h, out_w, n = dy.shape
     per_image = band_rows * tw
     for t in range(g.shape[1]):
@@ -188,7 +189,9 @@ def gather_output_tiles(dy, first_image, first_row, band_rows, tw, g):
             for j in range(4):
                 if y0 + i < out_h and x0 + j < out_w:
                     for k in range(n):
-                        g[4 * i + j, t, k] = dy[b, y0 + i, x0 + j, k]
+                        value = dy[b, y0 + i, x0 + j, k]
+                        g[4 * i + j, t, k] = value
+                        dbias[k] += value
                 else:
                     for k in range(n):
                         g[4 * i + j, t, k] = 0
