@@ -18,6 +18,9 @@ VGG16_CONV_SHAPES = [  # (spatial size, input channels, filters), each distinct 
     (28, 256, 512), (28, 512, 512), (14, 512, 512)]
 CONV_BATCH = 8
 SMALL_BATCH = 128
+#: Training steps run before timing, in both frameworks: the first steps of a process also pay
+#: for growing the heap (fresh pages from the kernel), which a real training run pays once.
+TRAIN_WARMUP = 3
 
 
 def conv_case_name(size: int, cin: int, cout: int) -> str:
@@ -69,7 +72,8 @@ def cnnkit_case(case: str, repeats: int) -> dict:
         x = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
         y = rng.integers(0, model.output_shape[-1], batch)
         optimizer = SGD(lr=1e-4, momentum=0.9, params=model.parameters())
-        return {"times": time_calls(lambda: train_step(model, optimizer, x, y), repeats), "images": batch}
+        return {"times": time_calls(lambda: train_step(model, optimizer, x, y), repeats, TRAIN_WARMUP),
+                "images": batch}
     for size, cin, cout in VGG16_CONV_SHAPES:
         if case == conv_case_name(size, cin, cout):
             layer = cnnkit.layers.Conv2d(cout, 3, padding=1)
@@ -136,7 +140,7 @@ def torch_case(case: str, repeats: int) -> dict:
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
-        return {"times": time_calls(step, repeats), "images": batch}
+        return {"times": time_calls(step, repeats, TRAIN_WARMUP), "images": batch}
     for size, cin, cout in VGG16_CONV_SHAPES:
         if case == conv_case_name(size, cin, cout):
             conv = nn.Conv2d(cin, cout, 3, padding=1)
