@@ -10,7 +10,7 @@ from cnnkit.callbacks import CSVLogger, EarlyStopping, JSONLinesLogger, ModelChe
 from cnnkit.data import digits
 from cnnkit.errors import ConfigError, WeightsError
 from cnnkit.layers import Conv2d, Dense, Flatten, MaxPool2d, ReLU, Softmax
-from cnnkit.optim import SGD, Adam
+from cnnkit.optim import SGD, Adam, CosineAnnealingLR
 
 
 def tiny_net(seed=0):
@@ -24,9 +24,12 @@ def small_subset(n=256):
 
 
 def test_small_cnn_reaches_97_percent_on_the_digits():
+    # with a constant learning rate the last epoch's noise moves the test accuracy between 0.95
+    # and 0.99 from one seed to the next; annealed to zero it lands at 0.98-0.99 for every seed tried
     model = cnnkit.models.vgg_small()
-    model.fit(digits("train"), epochs=15, batch_size=32, optimizer=SGD(lr=0.02, momentum=0.9), seed=0,
-              verbose=0)
+    optimizer = SGD(lr=0.02, momentum=0.9)
+    model.fit(digits("train"), epochs=15, batch_size=32, optimizer=optimizer,
+              schedule=CosineAnnealingLR(optimizer, t_max=15), seed=0, verbose=0)
     assert model.evaluate(digits("test"))["accuracy"] >= 0.97
 
 
