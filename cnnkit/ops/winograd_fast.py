@@ -1,11 +1,17 @@
 """Winograd F(4x4, 3x3) with compiled tile transforms, block by block on the worker pool.
 
 The same computation as :func:`cnnkit.ops.winograd.winograd_conv2d` (the reference, in pure
-NumPy), ordered for the cache: the batch's output tiles are cut into blocks of about
-:data:`BLOCK_ELEMENTS` transformed numbers, and each worker takes a block through all three
-steps (input transform, 36 per-position matrix products, output transform) while it is still
-in its core's cache. The transforms are Numba kernels (:mod:`cnnkit.ops.winograd_kernels`);
-the products are BLAS, one thread per worker.
+NumPy), ordered for the cache. The batch's output tiles are cut into blocks, and a block goes
+through all three steps (input transform, 36 per-position matrix products, output transform)
+while it is still in cache. The transforms are Numba kernels
+(:mod:`cnnkit.ops.winograd_kernels`); the products are BLAS, one thread per worker. Two ways
+to share the work, chosen by the size of the transformed filters ``U`` (36 x C x N):
+
+* *by block* (``U`` fits in a core's cache: few channels): each worker takes whole blocks of
+  about :data:`BLOCK_ELEMENTS` transformed numbers;
+* *by position* (``U`` is larger, VGG's wide layers): blocks of :data:`POSITION_BLOCK_TILES`
+  tiles go one after the other, and the workers split each block's 36 matrix products among
+  them, so each reads its part of ``U`` once per block rather than all of it per small block.
 
 Used when :func:`cnnkit.ops.jit.enabled`.
 """
@@ -24,6 +30,11 @@ from .threads import num_threads, run_parallel
 BLOCK_ELEMENTS = 1 << 18
 #: Fewer tiles than this make the per-position products too small for BLAS to be efficient.
 MIN_BLOCK_TILES = 16
+#: Transformed filters larger than this (bytes) are shared by position (a core's L2 holds 2 MiB).
+MAX_SHARED_FILTER_BYTES = 1 << 20
+#: Tiles in one block when sharing by position: each position's product reads its slice of U
+#: once per block, so blocks are large; the transforms run in the calling thread.
+POSITION_BLOCK_TILES = 256
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ class _Block:
 class _Plan:
     """Tiles and blocks of a 3x3 stride-1 convolution of ``x_shape`` by ``filters`` filters."""
 
-    def __init__(self, x_shape: tuple[int, ...], windows, filters: int):
+    def __init__(self, x_shape: tuple[int, ...], windows, filters: int, itemsize: int = 4):
         self.batch, self.h, self.w, self.c = x_shape
         self.n = filters
         wh, ww = windows
@@ -57,13 +68,20 @@ class _Plan:
         self.out_w = self.w + ww.pad_before + ww.pad_after - 2
         self.th, self.tw = -(-self.out_h // 4), -(-self.out_w // 4)
         self.workers = num_threads()
-        self.blocks = self._cut(max(self.c, filters))
+        self.by_position = 36 * self.c * filters * itemsize > MAX_SHARED_FILTER_BYTES and self.workers > 1
+        self.blocks = self._cut(self._block_tiles())
 
-    def _cut(self, channels: int) -> list[_Block]:
-        """Whole images per block when images are small, else bands of tile rows of one image;
-        blocks are made small enough that every worker gets at least two."""
+    def _block_tiles(self) -> int:
+        """Tiles wanted in a block: large when sharing by position; else cache-sized, and small
+        enough that every worker gets at least two blocks."""
+        if self.by_position:
+            return POSITION_BLOCK_TILES
         total = self.batch * self.th * self.tw
-        wanted = max(MIN_BLOCK_TILES, min(BLOCK_ELEMENTS // (36 * channels), -(-total // (2 * self.workers))))
+        cache_sized = BLOCK_ELEMENTS // (36 * max(self.c, self.n))
+        return max(MIN_BLOCK_TILES, min(cache_sized, -(-total // (2 * self.workers))))
+
+    def _cut(self, wanted: int) -> list[_Block]:
+        """Whole images per block when images are small, else bands of tile rows of one image."""
         per_image = self.th * self.tw
         if wanted >= per_image:
             step = wanted // per_image
@@ -83,10 +101,38 @@ class _Plan:
         return [wave for wave in waves if wave]
 
 
-def _spread(blocks: list, workers: int) -> tuple[int, callable]:
-    """``(parts, blocks_of)``: a fixed round-robin split, so results do not depend on timing."""
-    parts = max(1, min(workers, len(blocks)))
+def _spread(blocks: list, plan: _Plan) -> tuple[int, callable]:
+    """``(parts, blocks_of)``: a fixed round-robin split of ``blocks`` over the workers (one part,
+    in the calling thread, when sharing by position), so results do not depend on timing."""
+    parts = 1 if plan.by_position else max(1, min(plan.workers, len(blocks)))
     return parts, lambda part: blocks[part::parts]
+
+
+def _products(plan: _Plan):
+    """``multiply(a, b, out, add=False)``: ``out[p] (+)= a[p] @ b[p]`` for the 36 positions.
+
+    By block, in the calling worker; by position, split over the pool (each worker owns its
+    positions, so adding into ``out`` is safe)."""
+    def in_this_thread(a, b, out, add=False):
+        if not add:
+            np.matmul(a, b, out=out)
+            return
+        product = np.empty(out.shape[1:], dtype=out.dtype)   # one position at a time: stays in cache
+        for position in range(out.shape[0]):
+            np.matmul(a[position], b[position], out=product)
+            out[position] += product
+
+    if not plan.by_position:
+        return in_this_thread
+
+    def by_position(a, b, out, add=False):
+        parts = min(plan.workers, 36)
+
+        def work(part: int) -> None:
+            lo, hi = 36 * part // parts, 36 * (part + 1) // parts
+            in_this_thread(a[lo:hi], b[lo:hi], out[lo:hi], add)
+        run_parallel(work, parts)
+    return by_position
 
 
 class _Buffers:
@@ -122,17 +168,18 @@ def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows) -> np
     """3x3 stride-1 convolution of ``x`` (B, H, W, C) given transformed filters ``u`` (36, C, N)."""
     x = np.ascontiguousarray(x)
     n = u.shape[2]
-    plan = _Plan(x.shape, windows, n)
+    plan = _Plan(x.shape, windows, n, x.dtype.itemsize)
     y = np.empty((plan.batch, plan.out_h, plan.out_w, n), dtype=x.dtype)
     bias = np.zeros(n, x.dtype) if bias is None else bias.astype(x.dtype, copy=False)
-    parts, blocks_of = _spread(plan.blocks, plan.workers)
+    parts, blocks_of = _spread(plan.blocks, plan)
+    multiply = _products(plan)
 
     def work(part: int) -> None:
         buffers = _Buffers(plan, x.dtype)
         for block in blocks_of(part):
             v = _input_transform(x, plan, block, buffers, 0, 1)
             m = buffers.view(1, 36, block.tiles, n)
-            np.matmul(v, u, out=m)
+            multiply(v, u, m)
             cols = buffers.view(0, 24, block.tiles, n)
             out = buffers.view(2, 16, block.tiles, n)
             _lines(_kernels.at_lines, m, cols, 6, 1, 6, 1, 6)     # A^T down each column: rows j + 6*i
@@ -149,12 +196,13 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
     (36, C, N); either of ``dx`` and ``du`` is None when not needed."""
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy.astype(x.dtype, copy=False))
     c, n = u.shape[1:]
-    plan = _Plan(x.shape, windows, n)
+    plan = _Plan(x.shape, windows, n, x.dtype.itemsize)
+    multiply = _products(plan)
     dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
     du = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
     u_t = u.transpose(0, 2, 1)
 
-    def block_grads(block, buffers, partial, product, partial_bias) -> None:
+    def block_grads(block, buffers, partial, partial_bias) -> None:
         g = buffers.view(0, 16, block.tiles, n)
         block_bias = np.zeros(n, dtype=x.dtype)   # summed per block, then over blocks: less rounding
         _kernels.gather_output_tiles(dy, *block.args(), g, block_bias)
@@ -165,11 +213,10 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
         _lines(_kernels.at_adjoint_lines, rows, dm, 6, 4, 1, 6, 1)   # A along each row: rows 6*p + q
         if need_weight_grad:
             v = _input_transform(x, plan, block, buffers, 1, 2)
-            np.matmul(v.transpose(0, 2, 1), dm, out=product)
-            partial += product
+            multiply(v.transpose(0, 2, 1), dm, partial, add=True)
         if need_input_grad:
             dv = buffers.view(1, 36, block.tiles, c)
-            np.matmul(dm, u_t, out=dv)
+            multiply(dm, u_t, dv)
             cols = buffers.view(2, 36, block.tiles, c)
             _lines(_kernels.bt_adjoint_lines, dv, cols, 6, 1, 6, 1, 6)
             _lines(_kernels.bt_adjoint_lines, cols, dv, 6, 6, 1, 6, 1)
@@ -177,15 +224,14 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
 
     dbias = np.zeros(n, dtype=x.dtype)
     for wave in plan.waves():
-        parts, blocks_of = _spread(wave, plan.workers)
+        parts, blocks_of = _spread(wave, plan)
 
         def work(part: int, blocks_of=blocks_of):
             buffers = _Buffers(plan, x.dtype)
             partial = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
-            product = np.empty(u.shape, dtype=x.dtype) if need_weight_grad else None
             partial_bias = np.zeros(n, dtype=x.dtype)
             for block in blocks_of(part):
-                block_grads(block, buffers, partial, product, partial_bias)
+                block_grads(block, buffers, partial, partial_bias)
             return partial, partial_bias
 
         # partial sums are added in part order: the result does not depend on timing

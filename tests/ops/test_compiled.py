@@ -23,13 +23,16 @@ def workers(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("share", ["by block", "by position"])
 @pytest.mark.parametrize("block_elements", [1 << 8, 1 << 18])  # bands of tile rows in waves / whole images
 @pytest.mark.parametrize("batch, h, w, c, n, padding", [
     (3, 13, 11, 5, 4, 1), (1, 22, 9, 3, 6, (2, 0)), (2, 8, 8, 4, 4, 0), (2, 17, 17, 2, 3, "same")])
-def test_winograd_fast_path_equals_the_numpy_path(batch, h, w, c, n, padding, block_elements, workers,
+def test_winograd_fast_path_equals_the_numpy_path(batch, h, w, c, n, padding, block_elements, share, workers,
                                                   monkeypatch):
     monkeypatch.setattr(winograd_fast, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(winograd_fast, "POSITION_BLOCK_TILES", block_elements // 64)
     monkeypatch.setattr(winograd_fast, "MIN_BLOCK_TILES", 1)
+    monkeypatch.setattr(winograd_fast, "MAX_SHARED_FILTER_BYTES", 1 << 30 if share == "by block" else 0)
     rng = np.random.default_rng(0)
     x, weight = rng.standard_normal((batch, h, w, c)), rng.standard_normal((3, 3, c, n))
     bias = rng.standard_normal(n)
@@ -48,12 +51,22 @@ def test_winograd_fast_path_equals_the_numpy_path(batch, h, w, c, n, padding, bl
 
 
 def test_winograd_fast_path_cuts_a_large_image_into_bands_of_tile_rows(monkeypatch):
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
     monkeypatch.setattr(winograd_fast, "BLOCK_ELEMENTS", 36 * 4 * 8)
     monkeypatch.setattr(winograd_fast, "MIN_BLOCK_TILES", 1)
     windows = windows_2d((40, 40), 3, 1, 1, 1, "conv")
     plan = winograd_fast._Plan((1, 40, 40, 4), windows, 4)
+    assert not plan.by_position
     assert len(plan.blocks) == 10 and all(block.band_rows == 1 for block in plan.blocks)
     assert [len(wave) for wave in plan.waves()] == [5, 5]
+
+
+def test_wide_layers_share_each_block_by_position(monkeypatch):
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
+    windows = windows_2d((28, 28), 3, 1, 1, 1, "conv")
+    wide = winograd_fast._Plan((8, 28, 28, 256), windows, 512)   # U: 36 x 256 x 512 floats, 18.9 MB
+    assert wide.by_position and max(block.tiles for block in wide.blocks) <= winograd_fast.POSITION_BLOCK_TILES
+    assert not winograd_fast._Plan((128, 32, 32, 32), windows_2d((32, 32), 3, 1, 1, 1, "conv"), 32).by_position
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
