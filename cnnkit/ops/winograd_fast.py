@@ -25,8 +25,9 @@ import numpy as np
 from . import winograd_kernels as _kernels
 from .threads import num_threads, run_parallel
 
-#: Transformed numbers in one block's buffer, ``36 * tiles * channels`` (1 MiB of float32): a
-#: block's three buffers stay in a core's 2 MiB L2 cache. Measured with benchmarks/conv_paths.py.
+#: Transformed numbers in one block's buffer, ``36 * tiles * channels`` (1 MiB of float32): the
+#: two buffers a step reads and writes fit a core's 2 MiB L2 cache. Timed from 2^15 to 2^21 on
+#: the small network's layers: 2^17 and 2^18 were fastest.
 BLOCK_ELEMENTS = 1 << 18
 #: Fewer tiles than this make the per-position products too small for BLAS to be efficient.
 MIN_BLOCK_TILES = 16
@@ -113,7 +114,15 @@ def _products(plan: _Plan):
 
     By block, in the calling worker; by position, split over the pool (each worker owns its
     positions, so adding into ``out`` is safe)."""
-    def in_this_thread(a, b, out, add=False):
+    if not plan.by_position:
+        def in_this_thread(a, b, out, add=False):
+            if add:
+                out += np.matmul(a, b)    # 36 x C x N: small in this mode
+            else:
+                np.matmul(a, b, out=out)
+        return in_this_thread
+
+    def position_range(a, b, out, add):
         if not add:
             np.matmul(a, b, out=out)
             return
@@ -122,15 +131,12 @@ def _products(plan: _Plan):
             np.matmul(a[position], b[position], out=product)
             out[position] += product
 
-    if not plan.by_position:
-        return in_this_thread
-
     def by_position(a, b, out, add=False):
         parts = min(plan.workers, 36)
 
         def work(part: int) -> None:
             lo, hi = 36 * part // parts, 36 * (part + 1) // parts
-            in_this_thread(a[lo:hi], b[lo:hi], out[lo:hi], add)
+            position_range(a[lo:hi], b[lo:hi], out[lo:hi], add)
         run_parallel(work, parts)
     return by_position
 
@@ -226,17 +232,18 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
     for wave in plan.waves():
         parts, blocks_of = _spread(wave, plan)
 
-        def work(part: int, blocks_of=blocks_of):
+        def work(part: int, blocks_of=blocks_of, alone=parts == 1):
             buffers = _Buffers(plan, x.dtype)
-            partial = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
-            partial_bias = np.zeros(n, dtype=x.dtype)
+            # a part working alone adds straight into the totals
+            partial = du if alone or not need_weight_grad else np.zeros(u.shape, dtype=x.dtype)
+            partial_bias = dbias if alone else np.zeros(n, dtype=x.dtype)
             for block in blocks_of(part):
                 block_grads(block, buffers, partial, partial_bias)
-            return partial, partial_bias
+            return None if alone else (partial, partial_bias)
 
         # partial sums are added in part order: the result does not depend on timing
-        for partial, partial_bias in run_parallel(work, parts):
+        for partial, partial_bias in filter(None, run_parallel(work, parts)):
             dbias += partial_bias
-            if partial is not None:
+            if need_weight_grad:
                 du += partial
     return dx, du, dbias
