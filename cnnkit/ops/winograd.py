@@ -105,16 +105,17 @@ class _Geometry:
 
 
 def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
-                    tile: int = 4, transformed: np.ndarray | None = None, compiled: bool = True) -> np.ndarray:
+                    tile: int = 4, transformed: np.ndarray | None = None, compiled: bool = True,
+                    relu: bool = False) -> np.ndarray:
     """3x3 stride-1 convolution of ``x`` (B, H, W, C) by Winograd F(tile x tile, 3x3).
 
     ``transformed`` is :func:`transform_filter` of ``weight`` when the caller cached it.
     F(4x4) runs the compiled :mod:`~cnnkit.ops.winograd_fast` path when it is enabled, and
-    ``compiled=False`` forces this module's NumPy reference.
+    ``compiled=False`` forces this module's NumPy reference. ``relu`` applies a fused ReLU.
     """
     u = transformed if transformed is not None else transform_filter(weight.astype(x.dtype, copy=False), tile)
     if tile == 4 and compiled and jit.enabled():
-        return winograd_fast.conv2d(x, u, bias, windows)
+        return winograd_fast.conv2d(x, u, bias, windows, relu)
     geo = _Geometry(x.shape, windows, tile)
     bt2, _, at2 = _kron(tile, x.dtype)
     n = weight.shape[3]
@@ -130,20 +131,28 @@ def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
         y = np.ascontiguousarray(y[:, :geo.out_h, :geo.out_w])
     if bias is not None:
         y += bias.astype(x.dtype, copy=False)
-    return y
+    return np.maximum(y, 0, out=y) if relu else y
 
 
 def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows, tile: int = 4,
                              need_input_grad: bool = True, need_weight_grad: bool = True,
-                             transformed: np.ndarray | None = None, compiled: bool = True):
-    """``(dx, dweight, dbias)`` of :func:`winograd_conv2d`, its exact adjoint (either gradient may be skipped)."""
+                             transformed: np.ndarray | None = None, compiled: bool = True,
+                             relu_output: np.ndarray | None = None):
+    """``(dx, dweight, dbias)`` of :func:`winograd_conv2d`, its exact adjoint (either gradient may be skipped).
+
+    ``relu_output``: the output of a fused ReLU (``relu=True`` forward); ``dy`` then counts only
+    where it is positive.
+    """
     dtype = x.dtype
     bt2, g2, at2 = _kron(tile, dtype)
     weight = weight.astype(dtype, copy=False)
     u = transformed if transformed is not None else transform_filter(weight, tile)
     if tile == 4 and compiled and jit.enabled():
-        dx, du, dbias = winograd_fast.conv2d_backward(dy, x, u, windows, need_input_grad, need_weight_grad)
+        dx, du, dbias = winograd_fast.conv2d_backward(dy, x, u, windows, need_input_grad, need_weight_grad,
+                                                      relu_output)
         return dx, _filter_gradient(du, g2, weight.shape), dbias
+    if relu_output is not None:
+        dy = np.multiply(dy, relu_output > 0, dtype=dtype)
     geo = _Geometry(x.shape, windows, tile)
     n = weight.shape[3]
     dy = dy.astype(dtype, copy=False)

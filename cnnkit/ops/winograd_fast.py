@@ -170,8 +170,9 @@ def _input_transform(x, plan, block, buffers, into: int, spare: int) -> np.ndarr
     return d
 
 
-def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows) -> np.ndarray:
-    """3x3 stride-1 convolution of ``x`` (B, H, W, C) given transformed filters ``u`` (36, C, N)."""
+def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows, relu: bool = False) -> np.ndarray:
+    """3x3 stride-1 convolution of ``x`` (B, H, W, C) given transformed filters ``u`` (36, C, N),
+    followed by ReLU when ``relu``."""
     x = np.ascontiguousarray(x)
     n = u.shape[2]
     plan = _Plan(x.shape, windows, n, x.dtype.itemsize)
@@ -190,17 +191,19 @@ def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows) -> np
             out = buffers.view(2, 16, block.tiles, n)
             _lines(_kernels.at_lines, m, cols, 6, 1, 6, 1, 6)     # A^T down each column: rows j + 6*i
             _lines(_kernels.at_lines, cols, out, 4, 6, 1, 4, 1)   # A^T along each row: rows 4*i + j
-            _kernels.scatter_output_tiles(out, bias, *block.args(), y)
+            _kernels.scatter_output_tiles(out, bias, relu, *block.args(), y)
 
     run_parallel(work, parts)
     return y
 
 
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_input_grad: bool = True,
-                    need_weight_grad: bool = True):
+                    need_weight_grad: bool = True, relu_output: np.ndarray | None = None):
     """``(dx, du, dbias)`` of :func:`conv2d`: ``du`` is the gradient of the transformed filters
-    (36, C, N); either of ``dx`` and ``du`` is None when not needed."""
+    (36, C, N); either of ``dx`` and ``du`` is None when not needed. ``relu_output`` is the
+    output of a fused ReLU: ``dy`` then counts only where it is positive."""
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy.astype(x.dtype, copy=False))
+    mask = np.empty((0, 0, 0, 0), x.dtype) if relu_output is None else np.ascontiguousarray(relu_output)
     c, n = u.shape[1:]
     plan = _Plan(x.shape, windows, n, x.dtype.itemsize)
     multiply = _products(plan)
@@ -211,7 +214,7 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
     def block_grads(block, buffers, partial, partial_bias) -> None:
         g = buffers.view(0, 16, block.tiles, n)
         block_bias = np.zeros(n, dtype=x.dtype)   # summed per block, then over blocks: less rounding
-        _kernels.gather_output_tiles(dy, *block.args(), g, block_bias)
+        _kernels.gather_output_tiles(dy, mask, *block.args(), g, block_bias)
         partial_bias += block_bias
         rows = buffers.view(1, 24, block.tiles, n)
         dm = buffers.view(0, 36, block.tiles, n)

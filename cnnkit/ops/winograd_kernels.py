@@ -159,9 +159,9 @@ def add_input_tiles(dd, top, left, first_image, first_row, band_rows, tw, dx):
 
 
 @kernel
-def scatter_output_tiles(o, bias, first_image, first_row, band_rows, tw, y):
-    """``y = o + bias`` at position (i, j) of output tile ``t`` from row ``4*i + j`` of ``o``
-    (16, tiles, N); the overhang of the last tiles past ``y``'s edge is dropped."""
+def scatter_output_tiles(o, bias, relu, first_image, first_row, band_rows, tw, y):
+    """``y = o + bias`` (then ``max(., 0)`` when ``relu``) at position (i, j) of output tile ``t``
+    from row ``4*i + j`` of ``o`` (16, tiles, N); the overhang past ``y``'s edge is dropped."""
     _, out_h, out_w, n = y.shape
     per_image = band_rows * tw
     for t in range(o.shape[1]):
@@ -170,16 +170,23 @@ def scatter_output_tiles(o, bias, first_image, first_row, band_rows, tw, y):
         x0 = (t % per_image) % tw * 4
         for i in range(min(4, out_h - y0)):
             for j in range(min(4, out_w - x0)):
-                for k in range(n):
-                    y[b, y0 + i, x0 + j, k] = o[4 * i + j, t, k] + bias[k]
+                if relu:
+                    for k in range(n):
+                        value = o[4 * i + j, t, k] + bias[k]
+                        y[b, y0 + i, x0 + j, k] = 0 if value < 0 else value
+                else:
+                    for k in range(n):
+                        y[b, y0 + i, x0 + j, k] = o[4 * i + j, t, k] + bias[k]
 
 
 @kernel
-def gather_output_tiles(dy, first_image, first_row, band_rows, tw, g, dbias):
+def gather_output_tiles(dy, mask, first_image, first_row, band_rows, tw, g, dbias):
     """``g[4*i + j, t, :] = dy`` at position (i, j) of output tile ``t`` (zero past the edge),
     the adjoint of :func:`scatter_output_tiles`; its bias part, the sum of ``dy`` over the
-    block's pixels, is added into ``dbias``."""
+    block's pixels, is added into ``dbias``. With a fused ReLU, ``mask`` is its output ``y``
+    and ``dy`` counts only where ``y > 0``; otherwise ``mask`` is any array with no pixels."""
     _, out_h, out_w, n = dy.shape
+    masked = mask.size > 0
     per_image = band_rows * tw
     for t in range(g.shape[1]):
         b = first_image + t // per_image
@@ -188,10 +195,16 @@ def gather_output_tiles(dy, first_image, first_row, band_rows, tw, g, dbias):
         for i in range(4):
             for j in range(4):
                 if y0 + i < out_h and x0 + j < out_w:
-                    for k in range(n):
-                        value = dy[b, y0 + i, x0 + j, k]
-                        g[4 * i + j, t, k] = value
-                        dbias[k] += value
+                    if masked:
+                        for k in range(n):
+                            value = dy[b, y0 + i, x0 + j, k] if mask[b, y0 + i, x0 + j, k] > 0 else 0
+                            g[4 * i + j, t, k] = value
+                            dbias[k] += value
+                    else:
+                        for k in range(n):
+                            value = dy[b, y0 + i, x0 + j, k]
+                            g[4 * i + j, t, k] = value
+                            dbias[k] += value
                 else:
                     for k in range(n):
                         g[4 * i + j, t, k] = 0

@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import torch
+import torch.nn.functional as F
+
 import cnnkit
-from cnnkit.errors import ShapeError
-from cnnkit.layers import Conv2d
+from cnnkit.errors import ConfigError, ShapeError
+from cnnkit.layers import Conv2d, ReLU, Sigmoid
 
 GRADCHECK_CASES = [  # input (H, W, C), filters, kernel, stride, padding, dilation
     ((5, 5, 2), 3, 1, 1, 0, 1),
@@ -49,7 +52,7 @@ def test_inference_keeps_no_cache_and_training_caches_only_the_input():
     y = layer.forward(x)
     assert layer._cache is None and y.shape == (2, 6, 5, 4) and y.dtype == np.float32
     layer.forward(x, training=True)
-    assert layer._cache is x
+    assert layer._cache[0] is x and layer._cache[1] is None
     dx = layer.backward(np.ones_like(y))
     assert layer._cache is None and dx.shape == x.shape and dx.dtype == np.float32
     with pytest.raises(ShapeError, match="conv1: backward called without a forward"):
@@ -94,3 +97,68 @@ def test_wrong_input_shape_names_the_layer_and_both_shapes(bad_shape):
     with pytest.raises(ShapeError) as info:
         layer.forward(np.zeros(bad_shape, np.float32))
     assert str(info.value) == f"conv1: expected input of shape (B, 6, 5, 3); received {bad_shape}"
+
+
+# ----------------------------------------------------------------- fused ReLU (activation="relu")
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("algorithm", ["gemm", "winograd2", "winograd4"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_relu_equals_a_relu_layer_after_the_convolution(algorithm, dtype, compiled, monkeypatch):
+    monkeypatch.setenv("CNNKIT_JIT", "1" if compiled else "0")
+    rng = np.random.default_rng(3)
+    fused, plain, relu = Conv2d(5, 3, padding=1, activation="relu", algorithm=algorithm), \
+        Conv2d(5, 3, padding=1, algorithm=algorithm), ReLU()
+    for layer, shape in ((fused, (9, 7, 4)), (plain, (9, 7, 4)), (relu, (9, 7, 5))):
+        layer.build(shape, np.random.default_rng(1))
+    bias = rng.standard_normal(5).astype(np.float32)
+    fused.parameters()["bias"].value, plain.parameters()["bias"].value = bias.copy(), bias.copy()
+    plain.parameters()["weight"].value = fused.parameters()["weight"].value.copy()   # He there, Glorot here
+    x = rng.standard_normal((3, 9, 7, 4)).astype(dtype)
+    y = fused.forward(x, training=True)
+    np.testing.assert_array_equal(y, relu.forward(plain.forward(x, training=True), training=True))
+    assert (y == 0).any() and (y > 0).any()
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(fused.backward(dy), plain.backward(relu.backward(dy)), rtol=1e-6, atol=1e-6)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(fused.parameters()[name].grad, plain.parameters()[name].grad, rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "winograd4"])
+def test_fused_relu_gradients_match_finite_differences(algorithm):
+    layer = Conv2d(3, 3, padding=1, activation="relu", algorithm=algorithm)
+    layer.build((7, 6, 2), np.random.default_rng(0))
+    result = cnnkit.gradcheck(layer, np.random.default_rng(1).standard_normal((2, 7, 6, 2)))
+    assert result.passed(1e-6), result.errors
+
+
+def test_fused_relu_matches_torch():
+    rng = np.random.default_rng(4)
+    layer = Conv2d(24, 3, padding=1, activation="relu")     # enough tiles for Winograd F(4x4)
+    layer.build((12, 10, 20), rng)
+    x = rng.standard_normal((6, 12, 10, 20), dtype=np.float32)
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx = layer.backward(dy)
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    tw = torch.from_numpy(layer.parameters()["weight"].value.transpose(3, 2, 0, 1).copy()).requires_grad_()
+    tb = torch.zeros(24, requires_grad=True)
+    ty = F.relu(F.conv2d(tx, tw, tb, padding=1))
+    ty.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(y, ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.parameters()["weight"].grad, tw.grad.numpy().transpose(2, 3, 1, 0),
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(layer.parameters()["bias"].grad, tb.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_fused_relu_is_configured_like_keras_and_protects_its_output():
+    with pytest.raises(ConfigError, match=r"^conv1: activation must be one of \(None, 'relu'\); received "
+                                          r"activation='tanh'; put other activations in a layer of their own$"):
+        Conv2d(4, 3, activation="tanh", name="conv1").build((6, 5, 3))
+    model = cnnkit.Sequential([Conv2d(4, 3, padding=1, activation="relu"), Sigmoid()], input_shape=(6, 5, 3))
+    assert model.layers[0].init_scheme == "glorot" and model.layers[1].inplace is False
+    assert model.layers[0].get_config()["activation"] == "relu"
+    rebuilt = cnnkit.Sequential.from_config(model.get_config())
+    assert rebuilt.layers[0].activation == "relu"
