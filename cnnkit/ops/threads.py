@@ -1,15 +1,15 @@
-"""How cnnkit uses the cores: BLAS threads for big matrix products, a small worker pool for the rest.
+"""How cnnkit uses the cores: one worker pool of its own, and NumPy's BLAS held to one thread.
 
-Two levels of parallelism must never run at once, or they fight over the same cores:
-
-* NumPy's BLAS (OpenBLAS) splits one large matrix product over its own threads. Its count is
-  set by ``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) before NumPy is imported.
-* cnnkit's worker pool runs independent blocks of work (Winograd tiles of a convolution, rows of
-  a pooling) side by side. Each block is a compiled kernel that releases the GIL plus small
-  matrix products; while the pool runs, BLAS is held to one thread per worker.
+Two pools of threads on the same cores fight: OpenBLAS's helper threads keep spinning for a
+while after each multi-threaded product and take the cores from the next parallel step. So
+cnnkit's entry points (a forward, a backward, a training step: :func:`uses_worker_pool`) hold
+BLAS to one thread, and the parallel work goes through :func:`run_parallel`: blocks of
+Winograd tiles or im2col rows, ranges of images, parts of a large matrix product
+(:func:`cnnkit.ops.products.matmul`). Each part is compiled code or NumPy that releases the GIL.
 
 ``CNNKIT_NUM_THREADS`` sets the pool's size (default: the cores this process may use);
-``CNNKIT_NUM_THREADS=1`` runs every block in the calling thread.
+``CNNKIT_NUM_THREADS=1`` runs every part in the calling thread. ``OPENBLAS_NUM_THREADS``
+still sets BLAS's threads outside cnnkit's entry points.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ ENV_THREADS = "CNNKIT_NUM_THREADS"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _blas_limiter = None
+_in_worker = threading.local()
 
 
 def num_threads() -> int:
@@ -48,8 +49,18 @@ def run_parallel(task, parts: int) -> list:
     """
     if parts <= 1:
         return [task(0)]
+    if getattr(_in_worker, "active", False):   # nested: the pool's threads are busy with the caller
+        return [task(part) for part in range(parts)]
     with single_threaded_blas():
-        return list(_get_pool(parts).map(task, range(parts)))
+        return list(_get_pool(parts).map(functools.partial(_as_worker, task), range(parts)))
+
+
+def _as_worker(task, part: int):
+    _in_worker.active = True
+    try:
+        return task(part)
+    finally:
+        _in_worker.active = False
 
 
 @contextmanager

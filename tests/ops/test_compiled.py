@@ -137,6 +137,8 @@ def test_blas_is_held_to_one_thread_inside_an_entry_point_and_restored_after():
     assert blas_threads() == before
 
 
-def test_run_parallel_returns_results_in_part_order(monkeypatch):
-    monkeypatch.setenv("CNNKIT_NUM_THREADS", "4")
+def test_run_parallel_returns_results_in_part_order_and_nests_without_deadlock(monkeypatch):
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
     assert threads.run_parallel(lambda part: part * part, 4) == [0, 1, 4, 9]
+    nested = threads.run_parallel(lambda outer: threads.run_parallel(lambda inner: (outer, inner), 2), 2)
+    assert nested == [[(0, 0), (0, 1)], [(1, 0), (1, 1)]]
