@@ -10,7 +10,14 @@ over the whole batch, ``row = (b*Ho + i)*Wo + j``.
 
 from __future__ import annotations
 
-from .jit import kernel
+from .jit import inline, kernel
+
+
+@inline
+def _window_origin(row, sh, sw, top, left, out_h, out_w):
+    """``(b, y0, x0)``: the image and the input position of the top-left tap of output ``row``."""
+    b, rest = row // (out_h * out_w), row % (out_h * out_w)
+    return b, (rest // out_w) * sh - top, (rest % out_w) * sw - left
 
 
 @kernel
@@ -20,9 +27,7 @@ def im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
     _, h, w, c = x.shape
     width = kh * kw * c
     for r in range(cols.shape[0]):
-        row = first_row + r
-        b, rest = row // (out_h * out_w), row % (out_h * out_w)
-        y0, x0 = (rest // out_w) * sh - top, (rest % out_w) * sw - left
+        b, y0, x0 = _window_origin(first_row + r, sh, sw, top, left, out_h, out_w)
         for p in range(kh):
             for q in range(kw):
                 start = (p * kw + q) * c
@@ -45,9 +50,7 @@ def col2im_add(dcols, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row
     """
     _, h, w, c = dx.shape
     for r in range(dcols.shape[0]):
-        row = first_row + r
-        b, rest = row // (out_h * out_w), row % (out_h * out_w)
-        y0, x0 = (rest // out_w) * sh - top, (rest % out_w) * sw - left
+        b, y0, x0 = _window_origin(first_row + r, sh, sw, top, left, out_h, out_w)
         for p in range(kh):
             for q in range(kw):
                 start = (p * kw + q) * c

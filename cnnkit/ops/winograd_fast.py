@@ -156,10 +156,10 @@ class _Buffers:
 
 
 def _lines(pass_kernel, src: np.ndarray, dst: np.ndarray, lines: int, in_step: int, in_stride: int,
-           out_step: int, out_stride: int) -> None:
+           out_step: int, out_stride: int, *flags) -> None:
     """Run a 1-D transform pass over position-major buffers flattened to (positions, n)."""
     pass_kernel(src.reshape(src.shape[0], -1), dst.reshape(dst.shape[0], -1), lines, in_step, in_stride,
-                out_step, out_stride)
+                out_step, out_stride, *flags)
 
 
 def _input_transform(x, plan, block, buffers, into: int, spare: int) -> np.ndarray:
@@ -167,8 +167,8 @@ def _input_transform(x, plan, block, buffers, into: int, spare: int) -> np.ndarr
     d = buffers.view(into, 36, block.tiles, plan.c)
     rows = buffers.view(spare, 36, block.tiles, plan.c)
     _kernels.gather_input_tiles(x, plan.top, plan.left, *block.args(), d)
-    _lines(_kernels.bt_lines, d, rows, 6, 1, 6, 1, 6)        # down each column j: rows j + 6*i
-    _lines(_kernels.bt_lines, rows, d, 6, 6, 1, 6, 1)        # along each row i: rows 6*i + j
+    _lines(_kernels.bt_lines, d, rows, 6, 1, 6, 1, 6, False)   # down each column j: rows j + 6*i
+    _lines(_kernels.bt_lines, rows, d, 6, 6, 1, 6, 1, False)   # along each row i: rows 6*i + j
     return d
 
 
@@ -229,8 +229,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
             dv = buffers.view(1, 36, block.tiles, c)
             multiply(dm, u_t, dv)
             cols = buffers.view(2, 36, block.tiles, c)
-            _lines(_kernels.bt_adjoint_lines, dv, cols, 6, 1, 6, 1, 6)
-            _lines(_kernels.bt_adjoint_lines, cols, dv, 6, 6, 1, 6, 1)
+            _lines(_kernels.bt_lines, dv, cols, 6, 1, 6, 1, 6, True)   # B, the adjoint of B^T
+            _lines(_kernels.bt_lines, cols, dv, 6, 6, 1, 6, 1, True)
             _kernels.add_input_tiles(dv, plan.top, plan.left, *block.args(), dx)
 
     dbias = np.zeros(n, dtype=x.dtype)

@@ -64,8 +64,8 @@ def _at_adjoint(g0, g1, g2, g3):
 # Line l reads rows ``l*in_step + m*in_stride`` and writes rows ``l*out_step + m*out_stride``.
 
 @kernel
-def bt_lines(src, dst, lines, in_step, in_stride, out_step, out_stride):
-    """Apply :func:`_bt` (6 -> 6) along ``lines`` lines."""
+def bt_lines(src, dst, lines, in_step, in_stride, out_step, out_stride, adjoint):
+    """Apply :func:`_bt` (or, with ``adjoint``, :func:`_bt_adjoint`), 6 -> 6, along ``lines`` lines."""
     for line in range(lines):
         a, o = line * in_step, line * out_step
         s0, s1, s2 = src[a], src[a + in_stride], src[a + 2 * in_stride]
@@ -73,21 +73,10 @@ def bt_lines(src, dst, lines, in_step, in_stride, out_step, out_stride):
         d0, d1, d2 = dst[o], dst[o + out_stride], dst[o + 2 * out_stride]
         d3, d4, d5 = dst[o + 3 * out_stride], dst[o + 4 * out_stride], dst[o + 5 * out_stride]
         for e in range(src.shape[1]):
-            r = _bt(s0[e], s1[e], s2[e], s3[e], s4[e], s5[e])
-            d0[e], d1[e], d2[e], d3[e], d4[e], d5[e] = r[0], r[1], r[2], r[3], r[4], r[5]
-
-
-@kernel
-def bt_adjoint_lines(src, dst, lines, in_step, in_stride, out_step, out_stride):
-    """Apply :func:`_bt_adjoint` (6 -> 6) along ``lines`` lines."""
-    for line in range(lines):
-        a, o = line * in_step, line * out_step
-        s0, s1, s2 = src[a], src[a + in_stride], src[a + 2 * in_stride]
-        s3, s4, s5 = src[a + 3 * in_stride], src[a + 4 * in_stride], src[a + 5 * in_stride]
-        d0, d1, d2 = dst[o], dst[o + out_stride], dst[o + 2 * out_stride]
-        d3, d4, d5 = dst[o + 3 * out_stride], dst[o + 4 * out_stride], dst[o + 5 * out_stride]
-        for e in range(src.shape[1]):
-            r = _bt_adjoint(s0[e], s1[e], s2[e], s3[e], s4[e], s5[e])
+            if adjoint:   # loop-invariant: the compiler moves the test out of the loop
+                r = _bt_adjoint(s0[e], s1[e], s2[e], s3[e], s4[e], s5[e])
+            else:
+                r = _bt(s0[e], s1[e], s2[e], s3[e], s4[e], s5[e])
             d0[e], d1[e], d2[e], d3[e], d4[e], d5[e] = r[0], r[1], r[2], r[3], r[4], r[5]
 
 
