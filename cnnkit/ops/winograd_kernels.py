@@ -108,15 +108,20 @@ def at_adjoint_lines(src, dst, lines, in_step, in_stride, out_step, out_stride):
 
 # ------------------------------------------------------------------ gathers and scatters of tiles
 
+@inline
+def _tile_origin(t, first_image, first_row, band_rows, tw):
+    """``(b, row, column)``: the image of a block's tile ``t`` and its output tile's top-left pixel."""
+    per_image = band_rows * tw
+    return first_image + t // per_image, (first_row + (t % per_image) // tw) * 4, (t % per_image) % tw * 4
+
+
 @kernel
 def gather_input_tiles(x, top, left, first_image, first_row, band_rows, tw, d):
     """``d[6*i + j, t, :] = x`` at position (i, j) of input tile ``t`` (zero outside ``x``)."""
     _, h, w, c = x.shape
-    per_image = band_rows * tw
     for t in range(d.shape[1]):
-        b = first_image + t // per_image
-        y0 = (first_row + (t % per_image) // tw) * 4 - top
-        x0 = (t % per_image) % tw * 4 - left
+        b, y0, x0 = _tile_origin(t, first_image, first_row, band_rows, tw)
+        y0, x0 = y0 - top, x0 - left
         for i in range(6):
             for j in range(6):
                 if 0 <= y0 + i < h and 0 <= x0 + j < w:
@@ -135,11 +140,9 @@ def add_input_tiles(dd, top, left, first_image, first_row, band_rows, tw, dx):
     not run at the same time (the caller runs them in two waves).
     """
     _, h, w, c = dx.shape
-    per_image = band_rows * tw
     for t in range(dd.shape[1]):
-        b = first_image + t // per_image
-        y0 = (first_row + (t % per_image) // tw) * 4 - top
-        x0 = (t % per_image) % tw * 4 - left
+        b, y0, x0 = _tile_origin(t, first_image, first_row, band_rows, tw)
+        y0, x0 = y0 - top, x0 - left
         for i in range(6):
             for j in range(6):
                 if 0 <= y0 + i < h and 0 <= x0 + j < w:
@@ -152,11 +155,8 @@ def scatter_output_tiles(o, bias, relu, first_image, first_row, band_rows, tw, y
     """``y = o + bias`` (then ``max(., 0)`` when ``relu``) at position (i, j) of output tile ``t``
     from row ``4*i + j`` of ``o`` (16, tiles, N); the overhang past ``y``'s edge is dropped."""
     _, out_h, out_w, n = y.shape
-    per_image = band_rows * tw
     for t in range(o.shape[1]):
-        b = first_image + t // per_image
-        y0 = (first_row + (t % per_image) // tw) * 4
-        x0 = (t % per_image) % tw * 4
+        b, y0, x0 = _tile_origin(t, first_image, first_row, band_rows, tw)
         for i in range(min(4, out_h - y0)):
             for j in range(min(4, out_w - x0)):
                 if relu:
@@ -176,11 +176,8 @@ def gather_output_tiles(dy, mask, first_image, first_row, band_rows, tw, g, dbia
     and ``dy`` counts only where ``y > 0``; otherwise ``mask`` is any array with no pixels."""
     _, out_h, out_w, n = dy.shape
     masked = mask.size > 0
-    per_image = band_rows * tw
     for t in range(g.shape[1]):
-        b = first_image + t // per_image
-        y0 = (first_row + (t % per_image) // tw) * 4
-        x0 = (t % per_image) % tw * 4
+        b, y0, x0 = _tile_origin(t, first_image, first_row, band_rows, tw)
         for i in range(4):
             for j in range(4):
                 if y0 + i < out_h and x0 + j < out_w:
