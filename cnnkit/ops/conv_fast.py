@@ -42,6 +42,7 @@ class _Columns:
         self.geometry = (kh, kw, wh.stride, ww.stride, wh.pad_before, ww.pad_before, wh.dilation, ww.dilation,
                          *self.out_hw)
         self.block_rows = max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // self.width)
+        self._im2col = gemm_kernels.im2col_for(kh, kw, c)
 
     def shared(self) -> bool:
         """Enough rows for every worker to have at least one whole block."""
@@ -57,7 +58,7 @@ class _Columns:
         """The columns of ``rows`` (in ``buffer`` when given, which must be large enough)."""
         count = rows.stop - rows.start
         cols = np.empty((count, self.width), self.x.dtype) if buffer is None else buffer[:count]
-        gemm_kernels.im2col(self.x, *self.geometry, rows.start, cols)
+        self._im2col(self.x, *self.geometry, rows.start, cols)
         return cols
 
     def buffer(self) -> np.ndarray:

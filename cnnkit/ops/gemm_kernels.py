@@ -6,11 +6,21 @@ channels, which for an RGB input is three numbers per call. These kernels copy t
 read as zeros, so the padded copy of the input is never made. The windows are
 ``(kernel, stride, pad_before, dilation)`` per axis, unpacked into integers; rows are counted
 over the whole batch, ``row = (b*Ho + i)*Wo + j``.
+
+A small window (an image's first layer: 3x3 taps of 3 channels) copies 27 numbers a row in
+loops of three, and there the loops' own overhead is most of the time. :func:`im2col_for`
+then compiles the same loops with the window's size as constants, which the compiler unrolls
+(measured 3x faster on 3x3x3 windows).
 """
 
 from __future__ import annotations
 
+import functools
+
 from .jit import inline, kernel
+
+#: Windows of at most this many numbers (``Kh*Kw*C``) get a kernel compiled for their size.
+MAX_UNROLLED_WINDOW = 64
 
 
 @inline
@@ -20,11 +30,10 @@ def _window_origin(row, sh, sw, top, left, out_h, out_w):
     return b, (rest // out_w) * sh - top, (rest % out_w) * sw - left
 
 
-@kernel
-def im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
-    """``cols[r] = window of output row first_row + r``; a spare last column, if any, is set to 1
-    (it multiplies the bias row of an augmented weight)."""
-    _, h, w, c = x.shape
+@inline
+def _im2col_rows(x, kh, kw, c, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
+    """The body of :func:`im2col`; ``kh, kw, c`` are constants in a kernel of :func:`im2col_for`."""
+    h, w = x.shape[1], x.shape[2]
     width = kh * kw * c
     for r in range(cols.shape[0]):
         b, y0, x0 = _window_origin(first_row + r, sh, sw, top, left, out_h, out_w)
@@ -40,6 +49,30 @@ def im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
                         cols[r, start + k] = 0
         if cols.shape[1] > width:
             cols[r, width] = 1
+
+
+@kernel
+def im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
+    """``cols[r] = window of output row first_row + r``; a spare last column, if any, is set to 1
+    (it multiplies the bias row of an augmented weight)."""
+    _im2col_rows(x, kh, kw, x.shape[3], sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols)
+
+
+def im2col_for(kh: int, kw: int, c: int):
+    """:func:`im2col`, compiled for ``kh x kw`` windows of ``c`` channels when that window is
+    small (at most :data:`MAX_UNROLLED_WINDOW` numbers); the same arguments either way."""
+    if kh * kw * c > MAX_UNROLLED_WINDOW:
+        return im2col
+    return _unrolled_im2col(kh, kw, c)
+
+
+@functools.lru_cache(maxsize=None)
+def _unrolled_im2col(kh: int, kw: int, c: int):
+    # the closure's kh, kw and c are compile-time constants for Numba (cached on disk per value)
+    @kernel
+    def unrolled(x, _kh, _kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
+        _im2col_rows(x, kh, kw, c, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols)
+    return unrolled
 
 
 @kernel

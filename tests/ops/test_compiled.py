@@ -6,7 +6,7 @@ from threadpoolctl import threadpool_info
 
 from cnnkit.arithmetic import windows_2d
 from cnnkit.errors import ConfigError
-from cnnkit.ops import products, threads, winograd_fast
+from cnnkit.ops import gemm_kernels, products, threads, winograd_fast
 from cnnkit.ops.conv import conv2d, conv2d_backward
 from cnnkit.ops.pool import max_pool2d, max_pool2d_backward
 from cnnkit.ops.winograd import winograd_conv2d, winograd_conv2d_backward
@@ -72,7 +72,7 @@ def test_wide_layers_share_each_block_by_position(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("size, c, n, kernel, stride, padding, dilation", [
     (8, 3, 4, 3, 1, 1, 1), (9, 4, 5, 3, 2, 1, 1), (10, 3, 2, 5, 2, 2, 2), (7, 2, 3, 2, 1, 0, 1),
-    (11, 5, 3, (3, 2), (2, 1), (1, 0), 1), (6, 3, 3, 3, 3, 0, 1)])
+    (11, 5, 3, (3, 2), (2, 1), (1, 0), 1), (6, 3, 3, 3, 3, 0, 1), (7, 8, 3, 3, 1, 1, 1)])
 def test_compiled_gemm_path_equals_the_numpy_path(size, c, n, kernel, stride, padding, dilation, dtype, workers):
     rng = np.random.default_rng(1)
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
@@ -88,6 +88,22 @@ def test_compiled_gemm_path_equals_the_numpy_path(size, c, n, kernel, stride, pa
     for ours, theirs in zip(conv2d_backward(dy, x, weight, windows),
                             conv2d_backward(dy, x, weight, windows, compiled=False)):
         assert ours.dtype == dtype and _relative(ours, theirs) < limit
+
+
+@pytest.mark.parametrize("kh, kw, c", [(3, 3, 3), (5, 5, 1), (2, 3, 4)])
+def test_im2col_compiled_for_a_small_window_copies_what_the_generic_kernel_copies(kh, kw, c):
+    x = np.random.default_rng(2).standard_normal((2, 7, 6, c)).astype(np.float32)
+    geometry = (kh, kw, 2, 1, 1, 2, 1, 2, 4, 4)   # strides (2, 1), padding (1, 2), dilation (1, 2): 4x4 outputs
+    unrolled = gemm_kernels.im2col_for(kh, kw, c)
+    assert unrolled is not gemm_kernels.im2col and gemm_kernels.im2col_for(kh, kw, c) is unrolled
+    got, expected = (np.full((30, kh * kw * c + 1), np.nan, np.float32) for _ in range(2))
+    unrolled(x, *geometry, 1, got)   # rows 1..30 of the 32 in the batch
+    gemm_kernels.im2col(x, *geometry, 1, expected)
+    assert np.array_equal(got, expected) and np.all(got[:, -1] == 1)
+
+
+def test_im2col_for_a_large_window_is_the_generic_kernel():
+    assert gemm_kernels.im2col_for(3, 3, 8) is gemm_kernels.im2col
 
 
 @pytest.mark.parametrize("size, kernel, stride, padding, dilation", [
