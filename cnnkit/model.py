@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import ConfigError, ShapeError, WeightsError
 from .layers.base import Layer
+from .layers.fusion import forward_layers
 from .ops.threads import uses_worker_pool
 from .parameter import Parameter
 
@@ -98,9 +99,7 @@ class Sequential:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run ``x`` of shape ``(B, H, W, C)`` through every layer."""
         self._require_built()
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
-        return x
+        return forward_layers(self.layers, x, training_from=0 if training else len(self.layers))
 
     __call__ = forward
 
@@ -132,10 +131,7 @@ class Sequential:
                              f"; received {x.shape}")
         outputs = []
         for start in range(0, len(x), batch_size):
-            out = x[start:start + batch_size]
-            for layer in self.layers[:stop]:
-                out = layer.forward(out, training=False)
-            outputs.append(out)
+            outputs.append(forward_layers(self.layers[:stop], x[start:start + batch_size], training_from=stop))
         shape = self.layers[stop - 1].output_shape if stop else self.input_shape
         return np.concatenate(outputs) if outputs else np.zeros((0, *shape), np.float32)
 

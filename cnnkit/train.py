@@ -16,6 +16,7 @@ from .callbacks import Callback, CallbackList
 from .data import ArrayDataset, Dataset, batches
 from .errors import ConfigError, DataError
 from .layers import Softmax
+from .layers.fusion import forward_layers
 from .ops.loss import softmax_cross_entropy
 from .ops.threads import uses_worker_pool
 from .optim import SGD, OneCycleLR, Optimizer, ReduceLROnPlateau
@@ -81,9 +82,7 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
     """
     layers = scoring_layers(model)
     start = frozen_prefix(layers)
-    scores = x
-    for position, layer in enumerate(layers):
-        scores = layer.forward(scores, training=position >= start)
+    scores = forward_layers(layers, x, training_from=start)
     loss, dscores = softmax_cross_entropy(scores, y)
     model.zero_grad()
     grad = dscores
@@ -102,9 +101,8 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
 @uses_worker_pool
 def scores_of(model, x: np.ndarray) -> np.ndarray:
     """Class scores in inference mode (no caches kept)."""
-    for layer in scoring_layers(model):
-        x = layer.forward(x, training=False)
-    return x
+    layers = scoring_layers(model)
+    return forward_layers(layers, x, training_from=len(layers))
 
 
 class _Metrics:

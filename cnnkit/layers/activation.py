@@ -64,11 +64,26 @@ class ReLU(_Elementwise):
     """
 
     wants_he_init = True
+    fused_as = "relu"
+    #: The last forward was adopted from a layer that applied this ReLU (see ``adopt_fused``).
+    _applied_before = False
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._applied_before = False
+        return super().forward(x, training)
+
+    def adopt_fused(self, y: np.ndarray, training: bool) -> np.ndarray:
+        self.check_input(y)
+        self._applied_before = True
+        self._cache = y if training else None
+        return y
 
     def _apply(self, x, out):
         return relu(x, out)
 
     def _gradient(self, dy, y):
+        if self._applied_before:   # the layer before masks the gradient as it reads it
+            return dy
         return relu_backward(dy, y, out=dy if self.grad_inplace else None)
 
 

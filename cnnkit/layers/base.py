@@ -39,6 +39,10 @@ class Layer(ABC):
     fresh_input_grad = False
     #: ``backward(dy, need_input_grad=False)`` skips computing the input gradient (a first layer).
     skips_input_grad = False
+    #: Activations this layer can apply to its own output as it writes it (:meth:`forward_fused`).
+    fusable_activations: tuple[str, ...] = ()
+    #: The activation this layer is, when the layer before may compute it instead (:meth:`adopt_fused`).
+    fused_as: str | None = None
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -89,6 +93,21 @@ class Layer(ABC):
     @abstractmethod
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Return the gradient with respect to the input, adding parameter gradients into ``Parameter.grad``."""
+
+    def forward_fused(self, x: np.ndarray, training: bool, activation: str) -> np.ndarray:
+        """``activation(forward(x))`` in one pass, for an ``activation`` in :attr:`fusable_activations`.
+
+        The activation layer after this one then adopts the result (:meth:`adopt_fused`) and its
+        backward passes the gradient through: this layer's backward applies the activation's
+        derivative as it reads the gradient.
+        """
+        raise ConfigError(f"{self.label}: cannot fuse activation {activation!r}; it fuses "
+                          f"{list(self.fusable_activations) or 'none'}")
+
+    def adopt_fused(self, y: np.ndarray, training: bool) -> np.ndarray:
+        """Take ``y``, the output of the layer before with this (activation) layer already applied
+        by :meth:`forward_fused`; return it as this layer's output."""
+        raise ConfigError(f"{self.label}: is not an activation the layer before can compute")
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self.forward(x, training)

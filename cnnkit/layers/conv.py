@@ -128,12 +128,24 @@ class Conv2d(Layer):
         fused_output = int(np.prod(self.output_shape)) if self.activation else 0   # the ReLU's mask
         return int(np.prod(self.input_shape)) + fused_output
 
+    @property
+    def fusable_activations(self) -> tuple[str, ...]:
+        """A convolution without an activation of its own can apply the ReLU layer after it."""
+        return ("relu",) if self.activation is None else ()
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``(B, H, W, C) -> (B, H2, W2, N)``; in training, keep the input (and a fused ReLU's output) for backward."""
+        return self._forward(x, training, relu=self.activation == "relu")
+
+    def forward_fused(self, x: np.ndarray, training: bool, activation: str) -> np.ndarray:
+        if activation not in self.fusable_activations:
+            return super().forward_fused(x, training, activation)
+        return self._forward(x, training, relu=True)
+
+    def _forward(self, x: np.ndarray, training: bool, relu: bool) -> np.ndarray:
         self.check_input(x)
         weight = self._params["weight"]
         bias = self._params["bias"].value if self.use_bias else None
-        relu = self.activation == "relu"
         algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm)
         if algorithm == "gemm":
             y = conv2d(x, weight.value, bias, self._windows)
