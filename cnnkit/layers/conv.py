@@ -9,7 +9,6 @@ from ..arithmetic import (as_pair, check_positive, conv_macs, conv_params, unrea
 from ..errors import ConfigError
 from ..init import initial_weight
 from ..ops import jit
-from ..ops.activation import relu_backward
 from ..ops.conv import ALGORITHMS, choose_algorithm, conv2d, conv2d_backward
 from ..ops.winograd import supports as winograd_supports
 from ..ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
@@ -148,9 +147,7 @@ class Conv2d(Layer):
         bias = self._params["bias"].value if self.use_bias else None
         algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm)
         if algorithm == "gemm":
-            y = conv2d(x, weight.value, bias, self._windows)
-            if relu:
-                np.maximum(y, 0, out=y)
+            y = conv2d(x, weight.value, bias, self._windows, relu=relu)
         else:
             tile = WINOGRAD_TILES[algorithm]
             y = winograd_conv2d(x, weight.value, bias, self._windows, tile, self._transformed_filter(tile, x.dtype),
@@ -175,10 +172,8 @@ class Conv2d(Layer):
         weight = self._params["weight"]
         algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm, backward=True)
         if algorithm == "gemm":
-            if relu_output is not None:
-                dy = relu_backward(dy, relu_output)
             dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows, need_input_grad,
-                                                 need_weight_grad=weight.trainable)
+                                                 need_weight_grad=weight.trainable, relu_output=relu_output)
         else:
             dx, dweight, dbias = winograd_conv2d_backward(
                 dy, x, weight.value, self._windows, WINOGRAD_TILES[algorithm], need_input_grad,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import conv_fast, jit, winograd
+from .activation import relu as relu_op
+from .activation import relu_backward
 from .products import matmul
 from .reduce import sum_rows
 from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, windowed_view
@@ -56,8 +58,9 @@ def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], wi
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
-           compiled: bool = True) -> np.ndarray:
-    """Convolve ``x`` (B, H, W, C) with ``weight`` (Kh, Kw, C, N) and add ``bias`` (N,) or None.
+           compiled: bool = True, relu: bool = False) -> np.ndarray:
+    """Convolve ``x`` (B, H, W, C) with ``weight`` (Kh, Kw, C, N) and add ``bias`` (N,) or None;
+    then apply ReLU when ``relu`` (the compiled path does it block by block, in cache).
 
     Returns ``(B, Ho, Wo, N)`` in the dtype of ``x`` with
     ``Ho = floor((H + P_before + P_after - D*(Kh - 1) - 1)/S) + 1`` (likewise Wo).
@@ -68,7 +71,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: 
         # a 1x1 stride-1 convolution is already a matrix product: no window copy
         y = matmul(x.reshape(-1, c), weight.reshape(c, n)).reshape(*x.shape[:3], n)
     elif compiled and jit.enabled():
-        return conv_fast.conv2d(x, weight, None if bias is None else _match_dtype(bias, x), windows)
+        return conv_fast.conv2d(x, weight, None if bias is None else _match_dtype(bias, x), windows, relu)
     else:
         view = windowed_view(pad(x, windows), windows)
         b, ho, wo = view.shape[:3]
@@ -79,23 +82,29 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: 
             np.matmul(cols, w2, out=y2[rows])
     if bias is not None:
         y += _match_dtype(bias, x)
-    return y
+    return relu_op(y, out=y) if relu else y
 
 
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows,
-                    need_input_grad: bool = True, need_weight_grad: bool = True, compiled: bool = True
+                    need_input_grad: bool = True, need_weight_grad: bool = True, compiled: bool = True,
+                    relu_output: np.ndarray | None = None
                     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d` given ``dy`` (B, Ho, Wo, N).
 
     ``dx`` is None when ``need_input_grad`` is False (a first layer), ``dweight`` is None when
     ``need_weight_grad`` is False (a frozen layer), which skips a third of the work each.
+    ``relu_output`` is the output of a fused ReLU (``conv2d(..., relu=True)``): ``dy`` then
+    counts only where it is positive.
     """
     weight = _match_dtype(weight, x)
     kh, kw, c, n = weight.shape
     dy2 = _match_dtype(dy, x).reshape(-1, n)
     pointwise = _is_pointwise(weight, windows)
+    mask = None if relu_output is None else relu_output.reshape(-1, n)
     if compiled and jit.enabled() and not pointwise:
-        return conv_fast.conv2d_backward(dy2, x, weight, windows, need_input_grad, need_weight_grad)
+        return conv_fast.conv2d_backward(dy2, x, weight, windows, need_input_grad, need_weight_grad, mask)
+    if mask is not None:
+        dy2 = relu_backward(dy2, mask)
     dbias = sum_rows(dy2)
     w2 = weight.reshape(kh * kw * c, n)
     if pointwise:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gemm_kernels
+from .activation import relu_backward
 from .products import matmul
 from .reduce import sum_rows
 from .threads import num_threads, run_parallel
@@ -65,8 +66,10 @@ class _Columns:
         return np.empty((self.block_rows, self.width), self.x.dtype)
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows) -> np.ndarray:
-    """``(B, Ho, Wo, N)`` convolution of ``x`` (B, H, W, C) by ``weight`` (Kh, Kw, C, N) plus ``bias``."""
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
+           relu: bool = False) -> np.ndarray:
+    """``(B, Ho, Wo, N)`` convolution of ``x`` (B, H, W, C) by ``weight`` (Kh, Kw, C, N) plus ``bias``,
+    followed by ReLU when ``relu``."""
     kh, kw, c, n = weight.shape
     w2 = weight.reshape(kh * kw * c, n)
     if bias is not None:
@@ -80,16 +83,25 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: 
             buffer = columns.buffer()
             for rows in columns.blocks(*_share(columns.rows, part, parts)):
                 np.matmul(columns.fill(rows, buffer), w2, out=y[rows])
+                if relu:   # while the block is in cache
+                    np.maximum(y[rows], 0, out=y[rows])
         run_parallel(work, parts)
     else:
         matmul(columns.fill(slice(0, columns.rows)), w2, out=y)
+        if relu:
+            np.maximum(y, 0, out=y)
     return y.reshape(x.shape[0], *columns.out_hw, n)
 
 
 def conv2d_backward(dy2: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows,
-                    need_input_grad: bool = True, need_weight_grad: bool = True):
-    """``(dx, dweight, dbias)`` of :func:`conv2d` from ``dy2``, the output gradient as (rows, N)."""
+                    need_input_grad: bool = True, need_weight_grad: bool = True, mask: np.ndarray | None = None):
+    """``(dx, dweight, dbias)`` of :func:`conv2d` from ``dy2``, the output gradient as (rows, N).
+
+    ``mask`` is the output of a fused ReLU as (rows, N): ``dy2`` counts only where it is positive,
+    applied block by block as the gradient is read."""
     kh, kw, c, n = weight.shape
+    if mask is not None and not need_weight_grad:   # dbias is then summed from the whole gradient
+        dy2, mask = relu_backward(dy2, mask), None
     columns = _Columns(x, weight.shape, windows, ones=True)
     w2t = weight.reshape(kh * kw * c, n).T
     dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
@@ -103,10 +115,11 @@ def conv2d_backward(dy2: np.ndarray, x: np.ndarray, weight: np.ndarray, windows:
         buffer = columns.buffer() if parts > 1 else None
         multiply = np.matmul if parts > 1 else matmul
         for rows in columns.blocks(first, stop, None if parts > 1 else stop - first):
+            grad = dy2[rows] if mask is None else relu_backward(dy2[rows], mask[rows])
             if need_weight_grad:
-                product += multiply(columns.fill(rows, buffer).T, dy2[rows])
+                product += multiply(columns.fill(rows, buffer).T, grad)
             if need_input_grad:
-                gemm_kernels.col2im_add(multiply(dy2[rows], w2t), *columns.geometry, rows.start, dx)
+                gemm_kernels.col2im_add(multiply(grad, w2t), *columns.geometry, rows.start, dx)
         return product
 
     partials = run_parallel(work, parts)

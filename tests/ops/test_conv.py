@@ -227,3 +227,27 @@ def test_conv2d_matches_torch_forward_and_gradients(case, seed):
     _close(dx, xt.grad.numpy().transpose(0, 2, 3, 1))
     _close(dw, wt.grad.numpy().transpose(2, 3, 1, 0))
     _close(db, bt.grad.numpy())
+
+
+@pytest.mark.parametrize("block_elements", [1 << 6, 1 << 17])   # many blocks over both workers / one block
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 1, 0)])
+def test_fused_relu_is_the_relu_of_the_output_and_masks_the_gradient(kernel, stride, padding, block_elements,
+                                                                       monkeypatch):
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
+    monkeypatch.setattr(conv_ops.conv_fast, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(conv_ops.conv_fast, "MIN_BLOCK_ROWS", 8)
+    rng = np.random.default_rng(7)
+    x, weight, bias = rng.standard_normal((4, 9, 8, 3)), rng.standard_normal((kernel, kernel, 3, 5)), \
+        rng.standard_normal(5)
+    windows = windows_2d((9, 8), kernel, stride, padding, 1, "conv")
+    y = conv2d(x, weight, bias, windows, relu=True)
+    np.testing.assert_allclose(y, np.maximum(conv2d(x, weight, bias, windows), 0), rtol=1e-12, atol=1e-12)
+    assert (y == 0).any() and (y > 0).any()
+    dy = rng.standard_normal(y.shape)
+    for need_input_grad, need_weight_grad in [(True, True), (False, True), (True, False)]:
+        fused = conv2d_backward(dy, x, weight, windows, need_input_grad, need_weight_grad, relu_output=y)
+        masked = conv2d_backward(dy * (y > 0), x, weight, windows, need_input_grad, need_weight_grad)
+        for ours, theirs in zip(fused, masked):
+            assert (ours is None) == (theirs is None)
+            if ours is not None:
+                np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
