@@ -17,6 +17,7 @@ from .data import ArrayDataset, Dataset, batches
 from .errors import ConfigError, DataError
 from .layers import Softmax
 from .layers.fusion import forward_layers
+from .ops.allocator import keep_freed_memory, release_freed_memory
 from .ops.loss import softmax_cross_entropy
 from .ops.threads import uses_worker_pool
 from .optim import SGD, OneCycleLR, Optimizer, ReduceLROnPlateau
@@ -79,7 +80,9 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
     """One SGD step on a batch: forward, loss, backward, update. Returns the loss and the scores.
 
     A frozen prefix (see :func:`frozen_prefix`) runs in inference mode and is not back-propagated.
+    From the first step on, freed memory is kept for the next step (:mod:`cnnkit.ops.allocator`).
     """
+    keep_freed_memory()
     layers = scoring_layers(model)
     start = frozen_prefix(layers)
     scores = forward_layers(layers, x, training_from=start)
@@ -200,6 +203,7 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         if model.stop_training:
             break
     hooks.on_train_end()
+    release_freed_memory()   # the steps' volumes, kept for reuse while training
     return history
 
 
