@@ -33,8 +33,10 @@ class Conv2d(Layer):
         init: ``"auto"`` (He when a ReLU follows, Glorot otherwise), ``"he"`` or ``"glorot"``.
         activation: ``None`` or ``"relu"``: a ReLU fused into the convolution (Keras's
             ``activation=``), the same numbers as a separate :class:`ReLU` layer after it with
-            less memory traffic: the compiled Winograd path applies it as it writes each output
-            tile, and masks the gradient as it reads it.
+            less memory traffic: the convolution applies it as it writes each output tile or
+            block, and masks the gradient as it reads it. A ``Sequential`` fuses a separate
+            ``ReLU`` layer after an ``activation=None`` convolution the same way
+            (:mod:`cnnkit.layers.fusion`).
         algorithm: ``"auto"`` picks by shape, per call: Winograd F(4x4, 3x3) for 3x3 stride-1
             convolutions with enough channels and tiles, otherwise one matrix product over the
             windowed view (``"gemm"``); ``"winograd2"``/``"winograd4"`` force F(2x2)/F(4x4).
