@@ -185,25 +185,27 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         start, history = load_training_checkpoint(resume, model, optimizer, schedule)
     hooks = CallbackList(callbacks, model, verbose)
     model.stop_training = False
-    hooks.on_train_begin()
-    for epoch in range(start, epochs):
-        logs = _run_epoch(model, optimizer, train_data, epoch, epochs, batch_size, seed, verbose,
-                          schedule, transform, hooks)
-        if model.stop_training and hooks.failed:
-            break
-        if val_data is not None:
-            logs.update(evaluate(model, val_data, prefix="val_"))
-        _step_epoch_schedule(schedule, logs)
-        history.append(epoch + 1, logs)
-        if verbose:
-            print(_epoch_line(epoch + 1, epochs, logs), flush=True)
-        if checkpoint is not None:
-            save_training_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history)
-        hooks.on_epoch_end(epoch + 1, logs)
-        if model.stop_training:
-            break
-    hooks.on_train_end()
-    release_freed_memory()   # the steps' volumes, kept for reuse while training
+    try:
+        hooks.on_train_begin()
+        for epoch in range(start, epochs):
+            logs = _run_epoch(model, optimizer, train_data, epoch, epochs, batch_size, seed, verbose,
+                              schedule, transform, hooks)
+            if model.stop_training and hooks.failed:
+                break
+            if val_data is not None:
+                logs.update(evaluate(model, val_data, prefix="val_"))
+            _step_epoch_schedule(schedule, logs)
+            history.append(epoch + 1, logs)
+            if verbose:
+                print(_epoch_line(epoch + 1, epochs, logs), flush=True)
+            if checkpoint is not None:
+                save_training_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history)
+            hooks.on_epoch_end(epoch + 1, logs)
+            if model.stop_training:
+                break
+        hooks.on_train_end()
+    finally:
+        release_freed_memory()   # the steps' volumes, kept for reuse while training
     return history
 
 

@@ -54,3 +54,25 @@ def test_releasing_freed_memory_leaves_live_arrays_intact():
     del del_me
     release_freed_memory()
     assert live[-1] == 9_999_999 and live.sum() == 9_999_999 * 10_000_000 / 2
+
+
+def test_fit_gives_the_kept_memory_back_even_when_training_stops_on_an_error(monkeypatch):
+    import numpy as np
+    import cnnkit
+    from cnnkit import train
+    from cnnkit.callbacks import Callback
+    from cnnkit.layers import Dense, Flatten
+
+    class Interrupt(Callback):
+        def on_batch_end(self, epoch, step, logs):
+            raise KeyboardInterrupt
+
+    released = []
+    monkeypatch.setattr(train, "release_freed_memory", lambda: released.append(True))
+    model = cnnkit.Sequential([Flatten(), Dense(2)], input_shape=(2, 2, 1))
+    data = (np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1]))
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, data, epochs=1, batch_size=2, verbose=0, callbacks=[Interrupt()])
+    assert released == [True]
+    train.fit(model, data, epochs=1, batch_size=2, verbose=0)
+    assert released == [True, True]
