@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gemm_kernels
+from .activation import relu as relu_op
 from .activation import relu_backward
 from .products import matmul
 from .reduce import sum_rows
@@ -84,12 +85,12 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: 
             for rows in columns.blocks(*_share(columns.rows, part, parts)):
                 np.matmul(columns.fill(rows, buffer), w2, out=y[rows])
                 if relu:   # while the block is in cache
-                    np.maximum(y[rows], 0, out=y[rows])
+                    relu_op(y[rows], out=y[rows])
         run_parallel(work, parts)
     else:
         matmul(columns.fill(slice(0, columns.rows)), w2, out=y)
         if relu:
-            np.maximum(y, 0, out=y)
+            relu_op(y, out=y)
     return y.reshape(x.shape[0], *columns.out_hw, n)
 
 

@@ -23,6 +23,8 @@ import math
 import numpy as np
 
 from . import jit, winograd_fast
+from .activation import relu as relu_op
+from .activation import relu_backward
 from .reduce import sum_rows
 from .window import Windows
 
@@ -131,7 +133,7 @@ def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
         y = np.ascontiguousarray(y[:, :geo.out_h, :geo.out_w])
     if bias is not None:
         y += bias.astype(x.dtype, copy=False)
-    return np.maximum(y, 0, out=y) if relu else y
+    return relu_op(y, out=y) if relu else y
 
 
 def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows, tile: int = 4,
@@ -152,7 +154,7 @@ def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, 
                                                       relu_output)
         return dx, _filter_gradient(du, g2, weight.shape), dbias
     if relu_output is not None:
-        dy = np.multiply(dy, relu_output > 0, dtype=dtype)
+        dy = relu_backward(dy.astype(dtype, copy=False), relu_output)
     geo = _Geometry(x.shape, windows, tile)
     n = weight.shape[3]
     dy = dy.astype(dtype, copy=False)
