@@ -1,11 +1,13 @@
 """The whole network as one function: cnnkit's VGG16 against PyTorch's with the same weights."""
 
 import numpy as np
-import torch
-from torch import nn
+import pytest
 
 import cnnkit
 from cnnkit.layers import Conv2d, Dense, Dropout
+
+torch = pytest.importorskip("torch", reason="PyTorch, the test-only oracle, is not installed: pip install torch==2.13.0")
+nn = torch.nn
 
 
 def torch_vgg16(model):

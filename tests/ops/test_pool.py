@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
+try:  # PyTorch is a test-only oracle: without it the tests marked `torch` skip, the rest run
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = F = None
 
 from cnnkit.arithmetic import windows_2d
 from cnnkit.ops import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
@@ -206,6 +210,7 @@ def _close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.torch
 @settings(max_examples=25, deadline=None)
 @given(case=pool_cases(), seed=st.integers(0, 2**16))
 def test_max_pool_matches_torch(case, seed):
@@ -219,6 +224,7 @@ def test_max_pool_matches_torch(case, seed):
     _close(max_pool2d_backward(dy, winners, windows, x.shape), _nhwc(xt.grad))
 
 
+@pytest.mark.torch
 @settings(max_examples=25, deadline=None)
 @given(case=pool_cases(), seed=st.integers(0, 2**16), count_include_pad=st.booleans())
 def test_avg_pool_matches_torch(case, seed, count_include_pad):
@@ -248,6 +254,7 @@ def test_avg_pool_matches_torch(case, seed, count_include_pad):
 @settings(max_examples=15, deadline=None)
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
        seed=st.integers(0, 2**16))
+@pytest.mark.torch
 def test_global_pools_match_torch(shape, seed):
     x = _distinct(shape, seed).astype(np.float32)
     dy = np.random.default_rng(seed).standard_normal((shape[0], shape[3]), dtype=np.float32)

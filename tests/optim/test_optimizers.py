@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from cnnkit.optim import SGD, Adam, AdamW
 from cnnkit.parameter import Parameter
+
+torch = pytest.importorskip("torch", reason="PyTorch, the test-only oracle, is not installed: pip install torch==2.13.0")
 
 SHAPES = {"conv1.weight": (3, 3, 2, 4), "conv1.bias": (4,), "fc.weight": (5, 3)}
 

@@ -20,6 +20,7 @@ def digit():
     return image
 
 
+@pytest.mark.matplotlib
 def test_filters_picture(trained, png_pixels, assert_picture):
     pixels = png_pixels(png_bytes(viz.filters(trained)))
     assert_picture(pixels, min_size=(250, 200))
@@ -27,6 +28,7 @@ def test_filters_picture(trained, png_pixels, assert_picture):
     assert separator.mean() > 0.05          # the grid between the tiles is drawn
 
 
+@pytest.mark.matplotlib
 def test_filters_per_channel_grid_has_one_row_per_filter(trained, png_pixels, assert_picture):
     tiles, columns = viz.filter_tiles(trained, "conv1_2", mode="channels")
     assert tiles.shape == (16 * 16, 3, 3, 3) and columns == 16
@@ -43,6 +45,7 @@ def test_filter_tiles_mean_mode_is_the_normalised_channel_mean(trained):
     np.testing.assert_allclose(tiles[2, ..., 0], expected, atol=1e-6)
 
 
+@pytest.mark.matplotlib
 def test_filters_of_the_trained_network_differ_from_its_initialisation(trained, untrained, png_pixels):
     before, _ = viz.filter_tiles(untrained, "conv1_1")
     again, _ = viz.filter_tiles(type(untrained).from_config(untrained.get_config()), "conv1_1")
@@ -65,6 +68,7 @@ def test_filters_of_the_trained_network_differ_from_its_initialisation(trained, 
     assert moved.mean() > 0.1, moved.mean()             # measured: 15% of the tiles' pixels
 
 
+@pytest.mark.matplotlib
 def test_activations_picture(trained, digit, png_pixels, assert_picture):
     assert_picture(png_pixels(png_bytes(viz.activations(trained, digit, "relu1_2", n=12))), min_size=(500, 250))
 
@@ -89,6 +93,7 @@ def test_activations_errors(trained, digit):
         viz.activations(trained, digit, "conv9")
 
 
+@pytest.mark.matplotlib
 def test_curves_picture(run_dir, png_pixels, assert_picture):
     pixels = png_pixels(png_bytes(viz.curves(run_dir)))
     assert_picture(pixels, min_size=(600, 250))
@@ -118,6 +123,7 @@ def test_curves_errors(tmp_path):
         viz.curves({"history": {"accuracy": [0.5]}})
 
 
+@pytest.mark.matplotlib
 def test_confusion_picture_and_counts(trained, png_pixels, assert_picture):
     test = digits("test")
     counts, names = viz.confusion_matrix(trained, test)
@@ -138,6 +144,7 @@ def test_confusion_uses_the_models_class_names_for_bare_arrays(trained):
     assert names[3] == "digit 3"
 
 
+@pytest.mark.matplotlib
 def test_activation_functions_picture_and_values(png_pixels, assert_picture):
     x = np.array([-2.0, -0.5, 0.5, 2.0])
     curves = viz.activation_curves(x, leaky_slope=0.1)
@@ -162,6 +169,7 @@ def test_receptive_box(trained, layer, unit, box):
     assert viz.receptive_box(trained, layer, unit) == tuple(np.clip(box, 0, 8))
 
 
+@pytest.mark.matplotlib
 def test_receptive_field_picture(trained, digit, png_pixels, assert_picture):
     assert_picture(png_pixels(png_bytes(viz.receptive_field(trained, "conv2_2", digit))), min_size=(300, 300))
     assert_picture(png_pixels(png_bytes(viz.receptive_field(trained, "pool1"))), min_size=(300, 300))
@@ -169,6 +177,7 @@ def test_receptive_field_picture(trained, digit, png_pixels, assert_picture):
         viz.receptive_box(trained, "pool1", (4, 0))
 
 
+@pytest.mark.matplotlib
 def test_save_png_and_svg_atomically(trained, tmp_path, png_pixels):
     figure = viz.filters(trained)
     png = viz.save(figure, tmp_path / "filters.png")

@@ -50,12 +50,14 @@ def embedded_png(src: str) -> bytes:
     return base64.b64decode(src[len(prefix):], validate=True)
 
 
+@pytest.mark.matplotlib
 def test_train_run_writes_the_report(run_dir):
     """`cnnkit train` (cnnkit.run.train_run) ends by writing report.html beside report.json."""
     assert (run_dir / "report.html").is_file()
     assert (run_dir / "report.html").stat().st_mtime >= (run_dir / "report.json").stat().st_mtime
 
 
+@pytest.mark.matplotlib
 def test_report_has_every_section_and_embedded_image(run_dir, trained, png_pixels, assert_picture):
     text = (run_dir / "report.html").read_text()
     page = parse(text)
@@ -74,6 +76,7 @@ def test_report_has_every_section_and_embedded_image(run_dir, trained, png_pixel
     assert f"{record['summary']['totals']['params']:,}" in text
 
 
+@pytest.mark.matplotlib
 def test_write_report_elsewhere_and_errors(run_dir, tmp_path):
     target = viz.write_report(run_dir, out=tmp_path / "page.html")
     assert target == tmp_path / "page.html"
@@ -83,6 +86,7 @@ def test_write_report_elsewhere_and_errors(run_dir, tmp_path):
         viz.write_report(tmp_path)
 
 
+@pytest.mark.matplotlib
 def test_report_notes_what_a_run_lacks(trained):
     """A record without history or data still gives every section, each saying what is missing."""
     text = viz.render_report({"model": "vgg_small"}, trained, "the run records no data set")
@@ -124,6 +128,7 @@ def test_the_core_does_not_import_matplotlib():
     ["functions"],
     ["receptive-field", "--model", "{run}", "--layer", "conv2_1", "--image", "digits:0"],
 ])
+@pytest.mark.matplotlib
 def test_viz_commands_write_pictures(run_dir, tmp_path, arguments, png_pixels, assert_picture, capsys):
     out = tmp_path / "picture.png"
     argv = ["viz", *[a.format(run=run_dir) for a in arguments], "--out", str(out)]
@@ -132,6 +137,7 @@ def test_viz_commands_write_pictures(run_dir, tmp_path, arguments, png_pixels, a
     assert_picture(png_pixels(str(out)))
 
 
+@pytest.mark.matplotlib
 def test_report_command_and_its_errors(run_dir, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
@@ -160,6 +166,7 @@ def locate(screen: np.ndarray, picture: np.ndarray) -> tuple[int, int, float]:
     return int(y), int(x), float(np.abs(screen[y:y + h, x:x + w] - picture).mean())
 
 
+@pytest.mark.matplotlib
 def test_report_screenshot_in_headless_chromium(run_dir, tmp_path, png_pixels, assert_picture):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to check "

@@ -1,0 +1,39 @@
+"""Optional packages in the tests: a test marked with one skips, saying what to install, when the
+package is missing, so the engine's own tests run with NumPy alone.
+
+- ``@pytest.mark.torch``: PyTorch, the test-only oracle (``pip install torch==2.13.0``);
+- ``@pytest.mark.matplotlib``: the pictures (``pip install 'cnnkit[viz]'``);
+- ``@pytest.mark.h5py``: Keras ``.h5`` files (``pip install 'cnnkit[h5]'``).
+
+A module whose every test needs one marks itself with ``pytestmark``; a module that mixes them
+imports the package inside ``try``, so that it still loads without it.
+"""
+
+import importlib
+
+import pytest
+
+OPTIONAL = {
+    "torch": "PyTorch, the test-only oracle: pip install torch==2.13.0 (or make test)",
+    "matplotlib": "matplotlib, for the pictures: pip install 'cnnkit[viz]'",
+    "h5py": "h5py, for Keras .h5 files: pip install 'cnnkit[h5]'",
+}
+
+
+def pytest_configure(config):
+    for module, what in OPTIONAL.items():
+        config.addinivalue_line("markers", f"{module}: needs {what}")
+
+
+def pytest_runtest_setup(item):
+    for module, what in OPTIONAL.items():
+        if item.get_closest_marker(module) is not None and not _importable(module):
+            pytest.skip(f"{module} is not installed; install {what}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
