@@ -147,16 +147,18 @@ def _add_transfer_commands(commands) -> None:
 
 
 def _experiment(args: argparse.Namespace) -> int:
+    seeds = tuple(range(args.seeds))
     if args.name == "transfer":
         from .experiments import compare_transfer, transfer_table
-        print("Pretrained on digits 0-4 (vgg_small, batch norm); learning 5-9 from k images per class;\n"
-              "test accuracy on the 5-9 test split, mean over 3 draws of the k images:")
-        print(transfer_table(compare_transfer(pretrain_seed=args.seed)))
+        print(f"Pretrained on digits 0-4 (vgg_small, batch norm; {args.seeds} pretraining seeds); learning 5-9 "
+              f"from k images per class\n({args.draws} draws of the k images per network); test accuracy on "
+              f"the 5-9 test split, mean ± standard deviation over the {args.seeds * args.draws} runs:")
+        print(transfer_table(compare_transfer(draws=tuple(range(args.draws)), pretrain_seeds=seeds)))
         return 0
     from .experiments import activation_table, compare_activations
-    print("Training the same CNN on the digits with each activation (plain SGD with momentum, same seed):")
-    results = compare_activations(epochs=args.epochs, seed=args.seed)
-    print(activation_table(results))
+    print(f"Training the same CNN on the digits with each activation (plain SGD with momentum), once for each "
+          f"of {args.seeds} seeds:")
+    print(activation_table(compare_activations(epochs=args.epochs, seeds=seeds)))
     return 0
 
 
@@ -246,6 +248,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1 such as 5; received {text!r}")
+    return value
+
+
 def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
                          help="architecture of the weights (omit for a cnnkit model file)")
@@ -306,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser("experiment", help="experiments on the bundled data")
     experiment.add_argument("name", choices=("activations", "transfer"),
                             help="activations: ReLU vs sigmoid vs tanh; transfer: scratch vs features vs finetune")
-    experiment.add_argument("--epochs", type=int, default=15)
-    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--epochs", type=int, default=15, help="activations: epochs per run")
+    experiment.add_argument("--seeds", type=_positive_int, default=5,
+                            help="seeds 0..N-1: initialisations (activations) or pretrained networks (transfer)")
+    experiment.add_argument("--draws", type=_positive_int, default=6,
+                            help="transfer: draws of the k images for each pretrained network")
     experiment.set_defaults(run=_experiment)
     _add_viz_commands(commands)
     _add_transfer_commands(commands)

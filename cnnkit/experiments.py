@@ -24,38 +24,94 @@ def activation_net(activation: str, seed: int = 0) -> Sequential:
                        Dense(10), Softmax()], input_shape=(8, 8, 1), seed=seed, name=f"digits_{activation}")
 
 
+@dataclass(frozen=True)
+class Spread:
+    """One measurement repeated over seeds: its values, mean, standard deviation and range.
+
+    A claim about an experiment is a mean with its spread: training numbers move in the last bits
+    with the CPU and the thread count, and a small network's accuracy moves by points with them.
+    """
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (0 for a single value)."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+    @property
+    def low(self) -> float:
+        return float(min(self.values))
+
+    @property
+    def high(self) -> float:
+        return float(max(self.values))
+
+    def __sub__(self, other: "Spread") -> "Spread":
+        """Run-by-run differences of two measurements taken over the same seeds, in the same order."""
+        if len(self.values) != len(other.values):
+            raise ValueError(f"cannot pair {len(self.values)} runs with {len(other.values)}")
+        return Spread(tuple(a - b for a, b in zip(self.values, other.values)))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.std:.3f}"
+
+
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+
+
 @dataclass
 class ActivationResult:
-    """How fast one activation trained: epochs to the target training accuracy and the final accuracies."""
+    """How fast one activation trained in ``epochs`` epochs, once per seed: epochs to the target
+    training accuracy (``None`` where it was not reached), and the final training and test accuracies."""
 
     activation: str
-    epochs_to_target: int | None
-    train_accuracy: list[float]
-    test_accuracy: float
+    epochs: int
+    epochs_to_target: list[int | None]
+    final_train_accuracy: Spread
+    test_accuracy: Spread
+
+    @property
+    def reached(self) -> list[int]:
+        """The epochs to target of the seeds that reached it."""
+        return [e for e in self.epochs_to_target if e is not None]
 
 
 def compare_activations(epochs: int = 15, target: float = 0.95, lr: float = 0.01, batch_size: int = 32,
-                        seed: int = 0, activations=("relu", "tanh", "sigmoid")) -> list[ActivationResult]:
-    """Train :func:`activation_net` with each activation by plain SGD (same seed, same data, same steps)."""
+                        seeds=DEFAULT_SEEDS, activations=("relu", "tanh", "sigmoid")) -> list[ActivationResult]:
+    """Train :func:`activation_net` with each activation by plain SGD, once per seed (the seed sets
+    the initial weights and the order of the batches; every activation gets the same seeds)."""
     train, test = digits("train"), digits("test")
     results = []
     for name in activations:
-        model = activation_net(name, seed)
-        history = model.fit(train, epochs=epochs, batch_size=batch_size, optimizer=SGD(lr=lr, momentum=0.9),
-                            seed=seed, verbose=0)
-        accuracy = history.history["accuracy"]
-        reached = next((epoch for epoch, value in enumerate(accuracy, start=1) if value >= target), None)
-        results.append(ActivationResult(name, reached, accuracy, model.evaluate(test)["accuracy"]))
+        reached, final, tested = [], [], []
+        for seed in seeds:
+            model = activation_net(name, seed)
+            history = model.fit(train, epochs=epochs, batch_size=batch_size, optimizer=SGD(lr=lr, momentum=0.9),
+                                seed=seed, verbose=0)
+            accuracy = history.history["accuracy"]
+            reached.append(next((epoch for epoch, value in enumerate(accuracy, start=1) if value >= target), None))
+            final.append(accuracy[-1])
+            tested.append(model.evaluate(test)["accuracy"])
+        results.append(ActivationResult(name, epochs, reached, Spread(tuple(final)), Spread(tuple(tested))))
     return results
 
 
 def activation_table(results: list[ActivationResult], target: float = 0.95) -> str:
-    """The comparison as a text table."""
-    lines = [f"{'activation':<10}  {f'epochs to {target:.0%} train acc':>26}  {'final train acc':>15}  "
-             f"{'test acc':>8}"]
+    """The comparison as a text table: epochs to target (mean and range over the seeds that reached
+    it, and how many did), final training and test accuracy (mean ± standard deviation)."""
+    lines = [f"{'activation':<10}  {f'epochs to {target:.0%} train acc':>26}  {'seeds reaching it':>17}  "
+             f"{'final train acc':>15}  {'test acc':>13}"]
     for r in results:
-        reached = str(r.epochs_to_target) if r.epochs_to_target is not None else f"not in {len(r.train_accuracy)}"
-        lines.append(f"{r.activation:<10}  {reached:>26}  {r.train_accuracy[-1]:>15.3f}  {r.test_accuracy:>8.3f}")
+        runs = len(r.epochs_to_target)
+        epochs = (f"{np.mean(r.reached):.1f} ({min(r.reached)}-{max(r.reached)})" if r.reached
+                  else f"not in {r.epochs}")
+        lines.append(f"{r.activation:<10}  {epochs:>26}  {f'{len(r.reached)} of {runs}':>17}  "
+                     f"{str(r.final_train_accuracy):>15}  {str(r.test_accuracy):>13}")
     return "\n".join(lines)
 
 
@@ -103,27 +159,35 @@ def transfer_scenario(name: str, pretrained: Sequential, data, seed: int, steps:
     return transfer.finetune(pretrained, data, layer="pool1", epochs=epochs, lr=0.05, body_lr_ratio=0.5, seed=seed)
 
 
-def compare_transfer(ks=TRANSFER_KS, scenarios=TRANSFER_SCENARIOS, seeds=(0, 1, 2), pretrain_seed: int = 0,
-                     pretrained: Sequential | None = None) -> dict:
+TRANSFER_DRAWS = (0, 1, 2, 3, 4, 5)
+
+
+def compare_transfer(ks=TRANSFER_KS, scenarios=TRANSFER_SCENARIOS, draws=TRANSFER_DRAWS,
+                     pretrain_seeds=DEFAULT_SEEDS, pretrained: Sequential | None = None) -> dict:
     """Learn the digits 5-9 from ``k`` images per class with each scenario, starting from a network
-    pretrained on 0-4; test accuracy on the 5-9 test split, averaged over ``seeds`` (each seed draws
-    its own k images and initialises the new weights). Returns ``{(scenario, k): mean accuracy}``."""
-    pretrained = pretrained if pretrained is not None else pretrained_digits_net(pretrain_seed)
+    pretrained on 0-4, and measure test accuracy on the 5-9 test split.
+
+    Every scenario runs once for each pretraining seed and each draw (a draw picks its own k images
+    and initialises the new weights), so each cell is a :class:`Spread` over
+    ``len(pretrain_seeds) * len(draws)`` runs, in the same order in every cell: ``a - b`` pairs
+    the runs. ``pretrained`` replaces the pretraining (one network instead of ``pretrain_seeds``).
+    Returns ``{(scenario, k): Spread}``.
+    """
     _, train = digit_halves("train")
     _, test = digit_halves("test")
-    results = {}
-    for k in ks:
-        for name in scenarios:
-            scores = [transfer_scenario(name, pretrained, few_shot(train, k, seed), seed).evaluate(test)["accuracy"]
-                      for seed in (seeds if k is not None or name != "features top" else seeds[:1])]
-            results[(name, k)] = float(np.mean(scores))
-    return results
+    scores = {(name, k): [] for k in ks for name in scenarios}
+    for network in [pretrained] if pretrained is not None else map(pretrained_digits_net, pretrain_seeds):
+        for (name, k), values in scores.items():
+            values.extend(transfer_scenario(name, network, few_shot(train, k, draw), draw).evaluate(test)["accuracy"]
+                          for draw in draws)
+    return {cell: Spread(tuple(values)) for cell, values in scores.items()}
 
 
 def transfer_table(results: dict) -> str:
-    """The experiment as a text table: one row per scenario, one column per k."""
+    """The experiment as a text table: one row per scenario, one column per k, each cell the mean
+    test accuracy ± its standard deviation over the runs."""
     ks = list(dict.fromkeys(k for _, k in results))
     names = list(dict.fromkeys(name for name, _ in results))
-    header = f"{'scenario':<16}" + "".join(f"{'k=' + ('all' if k is None else str(k)):>9}" for k in ks)
-    return "\n".join([header] + [f"{name:<16}" + "".join(f"{results[(name, k)]:>9.3f}" for k in ks)
+    header = f"{'scenario':<16}" + "".join(f"{'k=' + ('all' if k is None else str(k)):>15}" for k in ks)
+    return "\n".join([header] + [f"{name:<16}" + "".join(f"{str(results[(name, k)]):>15}" for k in ks)
                                  for name in names])
