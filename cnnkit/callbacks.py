@@ -275,14 +275,17 @@ class TerminateOnNaN(Callback):
     The epoch that went non-finite is not recorded, so checkpoints keep the last good weights.
     """
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
+        self.announce = announce   # False: the caller reports ``bad_step`` in its own words
         self.bad_step = None
+        self.bad_loss = None
 
     def on_batch_end(self, epoch: int, step: int, logs: dict[str, float]) -> None:
         loss = logs.get("loss", 0.0)
         if not math.isfinite(loss):
-            self.bad_step = (epoch, step)
+            self.bad_step, self.bad_loss = (epoch, step), loss
             self.failed = True
             self.model.stop_training = True
-            print(f"TerminateOnNaN: the loss became {loss} at epoch {epoch}, step {step}; training stopped "
-                  f"and nothing from this epoch was saved", file=sys.stderr)
+            if self.announce:
+                print(f"TerminateOnNaN: the loss became {loss} at epoch {epoch}, step {step}; training "
+                      f"stopped and nothing from this epoch was saved", file=sys.stderr)

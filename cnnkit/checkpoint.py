@@ -31,12 +31,25 @@ def load(path):
     """Rebuild a model saved by :meth:`Sequential.save` (or from a training checkpoint)."""
     from .model import Sequential
     metadata = _metadata(path)
-    model = Sequential.from_config(json.loads(metadata["architecture"]))
+    model = Sequential.from_config(architecture(metadata, path))
     tensors = read_safetensors(path)
     if metadata["format"] == TRAINING_FORMAT:
         tensors = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
     model.load_state_dict(tensors)
     return model
+
+
+def architecture(metadata: dict[str, str], path) -> dict:
+    """The architecture object in a cnnkit file's header; a WeightsError when it is not a JSON object."""
+    try:
+        config = json.loads(metadata["architecture"])
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path}: the 'architecture' in the header is not JSON ({error}); the file is "
+                           f"damaged, save the model again with model.save") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: the 'architecture' in the header is a JSON {type(config).__name__}, "
+                           f"not an object; the file is damaged, save the model again with model.save")
+    return config
 
 
 def _metadata(path) -> dict[str, str]:

@@ -227,10 +227,15 @@ def say(line: str) -> None:
     try:
         print(line, flush=True)
     except BrokenPipeError:
-        # Point the closed stdout at /dev/null: later prints, and the flush at exit, then succeed.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point a standard output whose reader has gone at /dev/null: later prints, and Python's flush
+    at exit, then succeed instead of raising BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _non_empty(dataset: Dataset, argument: str) -> Dataset:
@@ -277,6 +282,7 @@ def _run_epoch(model, optimizer, data, epoch, epochs, batch_size, seed, verbose,
     stream.close()
     result = metrics.result()
     result["images_per_second"] = metrics.count / max(time.perf_counter() - started, 1e-9)
+    result["lr"] = float(optimizer.lr)   # the record shows the rate each epoch really ran at
     return result
 
 
@@ -314,5 +320,6 @@ def _advance(bar, logs: dict[str, float], images_per_second: float) -> None:
 def _epoch_line(epoch: int, epochs: int, logs: dict[str, float]) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
     for key, value in logs.items():
-        parts.append(f"{key} {value:.0f}" if key == "images_per_second" else f"{key} {value:.4f}")
+        parts.append(f"{key} {value:.0f}" if key == "images_per_second" else
+                     f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
     return "  ".join(parts).replace("images_per_second", "img/s")
