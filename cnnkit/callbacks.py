@@ -254,12 +254,18 @@ class CSVLogger(_EpochLog):
     def format(self, records: list[dict], header: bool) -> str:
         if not records:
             return ""
+        # Rows added to a file keep its columns (a file begun by an older cnnkit may lack some).
+        fields = list(records[0]) if header else self._columns() or list(records[0])
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=list(records[0]))
+        writer = csv.DictWriter(text, fieldnames=fields, restval="", extrasaction="ignore")
         if header:
             writer.writeheader()
         writer.writerows(records)
         return text.getvalue()
+
+    def _columns(self) -> list[str]:
+        with self.path.open(newline="") as handle:
+            return next(csv.reader(handle), [])
 
 
 class JSONLinesLogger(_EpochLog):

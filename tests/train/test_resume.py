@@ -127,3 +127,11 @@ def test_integer_images_are_trained_on_as_float32():
     for name, value in first.state_dict().items():
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, second.state_dict()[name], err_msg=name)
+
+
+def test_rows_appended_to_an_older_log_keep_its_columns(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss\r\n1,0.5\r\n")   # begun before the lr column existed
+    CSVLogger(path, append=True).on_epoch_end(2, {"loss": 0.25, "lr": 0.02})
+    rows = list(csv.reader(path.open(newline="")))
+    assert rows == [["epoch", "loss"], ["1", "0.5"], ["2", "0.25"]]
