@@ -174,9 +174,12 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         schedule: a learning-rate schedule; stepped per epoch (``OneCycleLR`` per batch,
             ``ReduceLROnPlateau`` with ``val_loss`` or ``loss``).
         transform: ``t(image, rng)`` applied to each training image (augmentation).
-        checkpoint: a path; a training checkpoint (weights, optimizer, schedule, epoch, history)
-            is written there atomically after every epoch.
-        resume: a training checkpoint to continue from.
+        checkpoint: a path; a training checkpoint (weights, optimizer, schedule, epoch, history and
+            the callbacks' state) is written there atomically at the end of every epoch, after the
+            callbacks (best model, logs). A path that cannot be written fails before training.
+        resume: a training checkpoint to continue from; the callbacks continue from their saved
+            state (the best value so far, patience) and the logs are rewritten from its history.
+            The optimizer's state, learning rate included, is the checkpoint's.
     """
     from .checkpoint import load_training_checkpoint, read_callback_states, save_training_checkpoint
     train_data = _non_empty(as_dataset(train, "train"), "train")
@@ -233,8 +236,13 @@ def say(line: str) -> None:
 def silence_stdout() -> None:
     """Point a standard output whose reader has gone at /dev/null: later prints, and Python's flush
     at exit, then succeed instead of raising BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # a stream without a file descriptor
+        sys.stdout = open(os.devnull, "w")
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fd)
     os.close(devnull)
 
 

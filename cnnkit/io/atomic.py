@@ -35,14 +35,16 @@ def _temp_name(target: Path) -> Path:
 
 
 def _process_is_running(pid: int) -> bool:
+    """False only when no process ``pid`` exists; this process counts as running (another thread
+    may be writing), and so does another user's process, which ``kill`` may not signal."""
     if pid == os.getpid():
-        return True   # another thread of this process may be writing
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError):   # another user's process, or a number we cannot judge
-        return True
+    except (PermissionError, OverflowError):
+        pass
     return True
 
 
