@@ -205,7 +205,8 @@ def _viz(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .viz import write_report
     from .viz.inputs import load_model, load_test_data
-    _check_out_file(args.out if args.out is not None else str(Path(args.run_dir) / "report.html"))
+    if args.out is not None:
+        _check_out_file(args.out)
     data = load_test_data(args.data, load_model(args.run_dir), seed=args.seed) if args.data else None
     print(f"wrote {write_report(args.run_dir, data=data, out=args.out)}")
     return 0
