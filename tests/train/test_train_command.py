@@ -149,3 +149,17 @@ def test_a_reader_that_leaves_does_not_stop_training(tmp_path):
     assert first.startswith(b"epoch 1/3") and "Traceback" not in err and "BrokenPipe" not in err
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"] and (out / "report.json").is_file()
+
+
+def test_divergence_on_unscaled_pixels_names_the_range_and_the_fix(tmp_path):
+    import numpy as np
+
+    from cnnkit.callbacks import TerminateOnNaN
+    from cnnkit.data import ArrayDataset
+    from cnnkit.run import _divergence_message
+    guard = TerminateOnNaN(announce=False)
+    guard.bad_step, guard.bad_loss = (1, 4), float("nan")
+    pixels = ArrayDataset(np.linspace(0, 255, 4 * 8 * 8 * 3).reshape(4, 8, 8, 3), [0, 1, 0, 1])
+    message = _divergence_message(guard, 0.02, pixels, tmp_path, best_epoch=None)
+    assert "at epoch 1, step 4 with lr 0.02" in message
+    assert "inputs range over 0..255, not [0, 1]: scale them" in message and "--lr 0.002" in message
