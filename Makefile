@@ -13,7 +13,7 @@ DEMO := demo
 
 demo: $(RUN_STAMP)
 	$(CNNKIT) summary vgg16
-	$(CNNKIT) train --data digits --model vgg_small --epochs 15 --lr 0.02 --out $(DEMO)/digits
+	$(CNNKIT) train --data digits --model vgg_small --epochs 15 --out $(DEMO)/digits
 	$(CNNKIT) experiment activations
 	$(CNNKIT) experiment transfer
 	$(CNNKIT) viz filters --model $(DEMO)/digits --out $(DEMO)/filters.png

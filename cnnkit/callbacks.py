@@ -3,17 +3,28 @@
 A callback receives ``on_train_begin()``, ``on_batch_end(epoch, step, logs)``,
 ``on_epoch_end(epoch, logs)`` and ``on_train_end()``; it may stop training by setting
 ``model.stop_training = True``. Epochs are counted from 1.
+
+What a callback remembers across epochs (the best value so far, a patience counter) is its
+``state_dict()``: ``fit`` stores it in the training checkpoint and gives it back with
+``load_state_dict`` on resume, so a resumed run judges "better" against the whole run. A resumed
+callback also gets ``on_resume(history)`` before ``on_train_begin``; the logs use it to rewrite
+their file from the checkpoint's history, so an epoch that a kill cut short is neither lost
+nor written twice.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ConfigError
+from .io import atomic_open
 
 MODES = ("auto", "min", "max")
 
@@ -25,6 +36,9 @@ class Callback:
     #: set by a callback that stopped training because something went wrong
     failed = False
 
+    def on_resume(self, history) -> None:
+        """Called once, before ``on_train_begin``, when ``fit`` continues from a checkpoint."""
+
     def on_train_begin(self) -> None: ...
 
     def on_batch_end(self, epoch: int, step: int, logs: dict[str, float]) -> None: ...
@@ -32,6 +46,13 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
 
     def on_train_end(self) -> None: ...
+
+    def state_dict(self) -> dict:
+        """What this callback must remember across a resume: JSON values, or NumPy arrays."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 class CallbackList:
@@ -49,6 +70,31 @@ class CallbackList:
     @property
     def failed(self) -> bool:
         return any(callback.failed for callback in self.callbacks)
+
+    def _keys(self) -> list[str]:
+        """A name per callback that survives adding callbacks of other kinds: class name and rank."""
+        seen: dict[str, int] = {}
+        keys = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            seen[name] = seen.get(name, 0) + 1
+            keys.append(f"{name}{seen[name]}")
+        return keys
+
+    def state_dict(self) -> dict[str, dict]:
+        """Each callback's state under its key (empty states left out)."""
+        states = {key: callback.state_dict() for key, callback in zip(self._keys(), self.callbacks)}
+        return {key: state for key, state in states.items() if state}
+
+    def load_state_dict(self, states: dict[str, dict]) -> None:
+        """Give each callback the state saved under its key; a callback new to the run starts afresh."""
+        for key, callback in zip(self._keys(), self.callbacks):
+            if key in states:
+                callback.load_state_dict(states[key])
+
+    def on_resume(self, history) -> None:
+        for callback in self.callbacks:
+            callback.on_resume(history)
 
     def on_train_begin(self) -> None:
         for callback in self.callbacks:
@@ -91,6 +137,16 @@ class _Monitor:
             self.best = value
         return better
 
+    def state_dict(self) -> dict:
+        return {"monitor": self.monitor, "minimise": self.minimise, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Take the saved best value when it was kept for the same metric, the same way; say if so."""
+        same = state.get("monitor") == self.monitor and state.get("minimise") == self.minimise
+        if same:
+            self.best = float(state["best"])
+        return same
+
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; optionally restore the best weights."""
@@ -119,6 +175,21 @@ class EarlyStopping(Callback):
         if self.stopped_epoch is not None and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
 
+    def state_dict(self) -> dict:
+        state = {**self._monitor.state_dict(), "wait": self.wait}
+        for name, value in (self._best_state or {}).items():
+            state[f"best_weights/{name}"] = value
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if not self._monitor.load_state_dict(state):
+            return
+        self.wait = int(state.get("wait", 0))
+        prefix = "best_weights/"
+        weights = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        if self.restore_best_weights and weights:
+            self._best_state = {name: np.array(value) for name, value in weights.items()}
+
 
 class ModelCheckpoint(Callback):
     """Save the model (architecture + weights, atomically) after an epoch that improves ``monitor``,
@@ -135,38 +206,73 @@ class ModelCheckpoint(Callback):
             self.model.save(self.path)
             self.saved_epoch = epoch
 
+    def state_dict(self) -> dict:
+        return {**self._monitor.state_dict(), "saved_epoch": self.saved_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._monitor.load_state_dict(state):
+            self.saved_epoch = state.get("saved_epoch")
+
 
 class _EpochLog(Callback):
-    """A file that gets one record per epoch; started afresh unless ``append``."""
+    """A file that gets one record per epoch; started afresh unless ``append``.
+
+    A resumed run rewrites the file, atomically, from the checkpoint's history: the records of
+    the epochs the checkpoint holds, whatever a kill left in the file.
+    """
 
     def __init__(self, path, append: bool = False):
         self.path = Path(path)
         self.append = append
+        self._replay = None
+
+    def on_resume(self, history) -> None:
+        self._replay = [{"epoch": epoch, **{key: values[i] for key, values in history.history.items()
+                                            if i < len(values)}}
+                        for i, epoch in enumerate(history.epochs)]
 
     def on_train_begin(self) -> None:
-        if not self.append and self.path.exists():
+        if self._replay is not None:
+            with atomic_open(self.path, "w") as handle:
+                handle.write(self.format(self._replay, header=True))
+        elif not self.append and self.path.exists():
             self.path.unlink()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as handle:
+            handle.write(self.format([{"epoch": epoch, **logs}], header=new))
+
+    def format(self, records: list[dict], header: bool) -> str:
+        """The text of ``records``, with the file's header first when ``header``."""
+        raise NotImplementedError
 
 
 class CSVLogger(_EpochLog):
     """Append one row of metrics per epoch to a CSV file (header written once)."""
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        fields = ["epoch", *logs]
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            writer.writerow({"epoch": epoch, **logs})
+    def format(self, records: list[dict], header: bool) -> str:
+        if not records:
+            return ""
+        # Rows added to a file keep its columns (a file begun by an older cnnkit may lack some).
+        fields = list(records[0]) if header else self._columns() or list(records[0])
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields, restval="", extrasaction="ignore")
+        if header:
+            writer.writeheader()
+        writer.writerows(records)
+        return text.getvalue()
+
+    def _columns(self) -> list[str]:
+        with self.path.open(newline="") as handle:
+            return next(csv.reader(handle), [])
 
 
 class JSONLinesLogger(_EpochLog):
     """Append one JSON object of metrics per epoch to a ``.jsonl`` file."""
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"epoch": epoch, **logs}) + "\n")
+    def format(self, records: list[dict], header: bool) -> str:
+        return "".join(json.dumps(record) + "\n" for record in records)
 
 
 class TerminateOnNaN(Callback):
@@ -175,14 +281,17 @@ class TerminateOnNaN(Callback):
     The epoch that went non-finite is not recorded, so checkpoints keep the last good weights.
     """
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
+        self.announce = announce   # False: the caller reports ``bad_step`` in its own words
         self.bad_step = None
+        self.bad_loss = None
 
     def on_batch_end(self, epoch: int, step: int, logs: dict[str, float]) -> None:
         loss = logs.get("loss", 0.0)
         if not math.isfinite(loss):
-            self.bad_step = (epoch, step)
+            self.bad_step, self.bad_loss = (epoch, step), loss
             self.failed = True
             self.model.stop_training = True
-            print(f"TerminateOnNaN: the loss became {loss} at epoch {epoch}, step {step}; training stopped "
-                  f"and nothing from this epoch was saved", file=sys.stderr)
+            if self.announce:
+                print(f"TerminateOnNaN: the loss became {loss} at epoch {epoch}, step {step}; training "
+                      f"stopped and nothing from this epoch was saved", file=sys.stderr)

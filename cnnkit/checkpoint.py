@@ -31,12 +31,25 @@ def load(path):
     """Rebuild a model saved by :meth:`Sequential.save` (or from a training checkpoint)."""
     from .model import Sequential
     metadata = _metadata(path)
-    model = Sequential.from_config(json.loads(metadata["architecture"]))
+    model = Sequential.from_config(architecture(metadata, path))
     tensors = read_safetensors(path)
     if metadata["format"] == TRAINING_FORMAT:
         tensors = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
     model.load_state_dict(tensors)
     return model
+
+
+def architecture(metadata: dict[str, str], path) -> dict:
+    """The architecture object in a cnnkit file's header; a WeightsError when it is not a JSON object."""
+    try:
+        config = json.loads(metadata["architecture"])
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path}: the 'architecture' in the header is not JSON ({error}); the file is "
+                           f"damaged, save the model again with model.save") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: the 'architecture' in the header is a JSON {type(config).__name__}, "
+                           f"not an object; the file is damaged, save the model again with model.save")
+    return config
 
 
 def _metadata(path) -> dict[str, str]:
@@ -47,9 +60,19 @@ def _metadata(path) -> dict[str, str]:
     return metadata
 
 
-def save_training_checkpoint(path, model, optimizer, schedule, epoch: int, history) -> None:
-    """Write weights, optimizer and schedule state, the finished epoch count and the history."""
+def save_training_checkpoint(path, model, optimizer, schedule, epoch: int, history,
+                             callbacks: dict[str, dict] | None = None) -> None:
+    """Write weights, optimizer and schedule state, the finished epoch count, the history and the
+    callbacks' states (``CallbackList.state_dict()``: best values, patience counters)."""
     tensors = {f"model/{key}": value for key, value in model.state_dict().items()}
+    callback_scalars = {}
+    for owner, state in (callbacks or {}).items():
+        callback_scalars[owner] = {}
+        for key, value in state.items():
+            if isinstance(value, np.ndarray):
+                tensors[f"callbacks/{owner}/{key}"] = value
+            else:
+                callback_scalars[owner][key] = _plain(value)
     scalars = {}
     for key, value in optimizer.state_dict().items():
         if isinstance(value, np.ndarray):
@@ -61,7 +84,7 @@ def save_training_checkpoint(path, model, optimizer, schedule, epoch: int, histo
                 "optimizer_class": type(optimizer).__name__, "optimizer_scalars": json.dumps(scalars),
                 "schedule": json.dumps(schedule.state_dict() if schedule is not None else None,
                                        default=_plain),
-                "history": json.dumps(history.to_dict())}
+                "history": json.dumps(history.to_dict()), "callbacks": json.dumps(callback_scalars)}
     write_safetensors(_with_folder(path), tensors, metadata)
 
 
@@ -84,13 +107,49 @@ def load_training_checkpoint(path, model, optimizer, schedule):
                            f"{type(optimizer).__name__}; resume with the same optimizer")
     tensors = read_safetensors(path)
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    state = json.loads(metadata["optimizer_scalars"])
+    state = _json_field(metadata, "optimizer_scalars", path, dict)
     state.update({k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")})
     optimizer.load_state_dict(state)
-    saved_schedule = json.loads(metadata["schedule"])
+    saved_schedule = _json_field(metadata, "schedule", path, (dict, type(None)))
     if schedule is not None and saved_schedule is not None:
         schedule.load_state_dict(saved_schedule)
-    return int(metadata["epoch"]), History.from_dict(json.loads(metadata["history"]))
+    epoch = _json_field(metadata, "epoch", path, int)
+    return epoch, History.from_dict(_json_field(metadata, "history", path, dict))
+
+
+def _json_field(metadata: dict[str, str], key: str, path, kind):
+    """The JSON value of header field ``key``, of type ``kind``; a damaged header is a WeightsError."""
+    try:
+        value = json.loads(metadata[key])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        value = _MISSING
+    if value is _MISSING or not isinstance(value, kind) or isinstance(value, bool):
+        raise WeightsError(f"{path}: the training checkpoint's {key!r} header field is missing or damaged; "
+                           f"resume from another checkpoint or start the run afresh")
+    return value
+
+
+_MISSING = object()
+
+
+def read_callback_states(path) -> dict[str, dict]:
+    """The callbacks' states saved in a training checkpoint (empty for checkpoints written before
+    callbacks had state), ready for ``CallbackList.load_state_dict``."""
+    metadata = read_safetensors_metadata(path)
+    try:
+        states = json.loads(metadata.get("callbacks", "{}"))
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path}: the callbacks' state in the header is not JSON ({error}); "
+                           f"the checkpoint is damaged, start the run afresh") from None
+    if not isinstance(states, dict) or not all(isinstance(v, dict) for v in states.values()):
+        raise WeightsError(f"{path}: the callbacks' state in the header is not a JSON object of objects; "
+                           f"the checkpoint is damaged, start the run afresh")
+    prefix = "callbacks/"
+    for key, value in read_safetensors(path).items():
+        if key.startswith(prefix) and key.count("/") >= 2:
+            owner, name = key[len(prefix):].split("/", 1)
+            states.setdefault(owner, {})[name] = value
+    return states
 
 
 def _plain(value):

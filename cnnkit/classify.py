@@ -7,19 +7,25 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import imagenet_classes, imagenet_eval_transform, load_image, resize
-from .errors import ConfigError
+from .errors import ConfigError, WeightsError
 
 IMAGENET_MODES = ("caffe", "torch", "tf")
-#: ``none``: the whole photo resized to the input, 0-255 (models trained on an image folder);
-#: ``digits``: grey, resized, inverted (dark ink on light paper) and scaled to 0-1, as the bundled digits.
-PLAIN_MODES = ("none", "digits")
+#: ``none``: the whole photo resized to the input, 0-255; ``unit``: the same scaled to [0, 1] (models
+#: trained on an image folder by ``cnnkit train``); ``digits``: grey, resized, inverted (dark ink on light
+#: paper) and scaled to 0-1, as the bundled digits.
+PLAIN_MODES = ("none", "unit", "digits")
 MODES = IMAGENET_MODES + PLAIN_MODES
 
 
 def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, width: float = 1.0):
     """A model to run: a cnnkit model file alone, or a VGG architecture and a weights file of any source."""
+    from pathlib import Path
+
     from .checkpoint import is_cnnkit_file, load
     from .models import MODELS, PRETRAINED_ARCHS
+    if not Path(weights).is_file():
+        what = "is a folder, not a weights file" if Path(weights).is_dir() else "file not found"
+        raise WeightsError(f"--weights {weights}: {what}; check the path")
     if arch is None:
         if batch_norm or width != 1.0:
             raise ConfigError("--batch-norm and --width describe the architecture named by --arch; a cnnkit "
@@ -67,7 +73,9 @@ def _plain(image: np.ndarray, size: tuple[int, int], channels: int, mode: str) -
     if channels == 1:   # luma, ITU-R 601, as Pillow's "L" conversion
         image = image @ np.array([[0.299], [0.587], [0.114]], np.float32)
     image = resize(image, size)
-    return (255.0 - image) / 255.0 if mode == "digits" else image
+    if mode == "digits":
+        return (255.0 - image) / 255.0
+    return image / 255.0 if mode == "unit" else image
 
 
 def class_names(model) -> Sequence[str]:

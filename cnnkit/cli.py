@@ -45,16 +45,33 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .run import train_run
+    from .train import say
     report = train_run(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, out=args.out, seed=args.seed,
                        image_size=args.image_size, resume=args.resume, verbose=0 if args.quiet else 1)
     written = "model.safetensors, checkpoint.safetensors, metrics.csv, metrics.jsonl, report.json"
     if (Path(args.out) / "report.html").is_file():
         written += ", report.html"
-    print(f"wrote {args.out}/: {written}")
-    print(f"test loss: {report['test']['loss']:.4f}")
-    print(f"test accuracy: {report['test']['accuracy']:.3f}")
+    say(f"wrote {args.out}/: {written}")
+    say(f"test loss: {report['test']['loss']:.4f}")
+    say(f"test accuracy: {report['test']['accuracy']:.3f}")
     return 0
+
+
+def _check_out_file(path: str, option: str = "--out") -> None:
+    """Refuse an output file that cannot be written before any work is done, naming the user's path."""
+    from .io import check_writable
+    try:
+        check_writable(path)
+    except OSError as error:
+        folder = Path(path).parent
+        if isinstance(error, IsADirectoryError):
+            hint = "it is a folder; name a file in it"
+        elif not folder.is_dir():
+            hint = f"its folder {str(folder)!r} does not exist; create it or choose another path"
+        else:
+            hint = "choose a path you can write to"
+        raise CnnkitError(f"{option} {path!r} cannot be written ({error.strerror or error}): {hint}") from None
 
 
 def _load_for_inference(args: argparse.Namespace):
@@ -83,6 +100,7 @@ def _features(args: argparse.Namespace) -> int:
 
     from .classify import extract_features
     from .io import atomic_path
+    _check_out_file(args.out)
     features = extract_features(_load_for_inference(args), args.images, args.layer, mode=args.preprocessing)
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as handle:
@@ -165,6 +183,7 @@ def _experiment(args: argparse.Namespace) -> int:
 def _viz(args: argparse.Namespace) -> int:
     from . import viz
     from .viz.inputs import load_input, load_model, load_test_data
+    _check_out_file(args.out)
     if args.picture == "functions":
         fig = viz.activation_functions()
     elif args.picture == "curves":
@@ -188,6 +207,8 @@ def _viz(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .viz import write_report
     from .viz.inputs import load_model, load_test_data
+    if args.out is not None:
+        _check_out_file(args.out)
     data = load_test_data(args.data, load_model(args.run_dir), seed=args.seed) if args.data else None
     print(f"wrote {write_report(args.run_dir, data=data, out=args.out)}")
     return 0
@@ -267,10 +288,10 @@ def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--width", type=_positive_float, default=1.0,
                          help="channel and fc width multiplier of the weights' VGG (1 for the released "
                               "weights; e.g. 0.25 for a narrow VGG trained with cnnkit's width=0.25)")
-    command.add_argument("--preprocessing", choices=("caffe", "torch", "none", "digits"), default=None,
+    command.add_argument("--preprocessing", choices=("caffe", "torch", "none", "unit", "digits"), default=None,
                          help="override the preprocessing saved with the model or implied by the weights' "
                               "source (torchvision and timm: torch, Keras: caffe; cnnkit train on a folder: "
-                              "none, on the digits: digits)")
+                              "unit, i.e. pixels scaled to [0, 1]; on the digits: digits)")
     command.add_argument("images", nargs="+", help="image files")
 
 
@@ -293,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="vgg_small", help="a model name or an architecture .json")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=0.05)
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="learning rate (default 0.02; on --resume: the checkpoint's, or this one when given)")
     train.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     train.add_argument("--image-size", type=int, default=64, help="images of a folder are resized to this")
     train.add_argument("--seed", type=int, default=0)
@@ -336,7 +358,18 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except CnnkitError as error:
         print(f"cnnkit {args.command}: {error}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:   # the reader left (`cnnkit classify ... | head -1`): stop quietly, as cat does
+        from .train import silence_stdout
+        silence_stdout()
+        return 1
+    except OSError as error:   # a file the user named, unreadable or unwritable: a message, not a traceback
+        where = f" {error.filename}" if error.filename else ""
+        print(f"cnnkit {args.command}: cannot use{where}: {error.strerror or error}; check the path and "
+              f"its permissions", file=sys.stderr)
+    except MemoryError:
+        print(f"cnnkit {args.command}: out of memory; use a smaller model, batch or image size",
+              file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ Training uses the fused softmax cross-entropy on the class scores; a model that 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -135,6 +137,8 @@ class _Metrics:
 def evaluate(model, data, batch_size: int = 256, prefix: str = "") -> dict[str, float]:
     """Mean loss, accuracy (and top-5 accuracy with more than five classes) over ``data``."""
     dataset = as_dataset(data, "data")
+    if len(dataset) == 0:
+        raise DataError("evaluate: the data is empty (0 examples); a loss and an accuracy need at least one")
     metrics = _Metrics(model.output_shape[-1])
     for x, y in batches(dataset, batch_size, shuffle=False, prefetch=1):
         scores = scores_of(model, x)
@@ -170,20 +174,27 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         schedule: a learning-rate schedule; stepped per epoch (``OneCycleLR`` per batch,
             ``ReduceLROnPlateau`` with ``val_loss`` or ``loss``).
         transform: ``t(image, rng)`` applied to each training image (augmentation).
-        checkpoint: a path; a training checkpoint (weights, optimizer, schedule, epoch, history)
-            is written there atomically after every epoch.
-        resume: a training checkpoint to continue from.
+        checkpoint: a path; a training checkpoint (weights, optimizer, schedule, epoch, history and
+            the callbacks' state) is written there atomically at the end of every epoch, after the
+            callbacks (best model, logs). A path that cannot be written fails before training.
+        resume: a training checkpoint to continue from; the callbacks continue from their saved
+            state (the best value so far, patience) and the logs are rewritten from its history.
+            The optimizer's state, learning rate included, is the checkpoint's.
     """
-    from .checkpoint import load_training_checkpoint, save_training_checkpoint
-    train_data = as_dataset(train, "train")
-    val_data = as_dataset(validation, "validation") if validation is not None else None
+    from .checkpoint import load_training_checkpoint, read_callback_states, save_training_checkpoint
+    train_data = _non_empty(as_dataset(train, "train"), "train")
+    val_data = _non_empty(as_dataset(validation, "validation"), "validation") if validation is not None else None
     _check_fit_arguments(epochs, batch_size, verbose)
+    if checkpoint is not None:
+        _check_checkpoint_path(checkpoint)
     optimizer = optimizer if optimizer is not None else SGD(lr=0.01, momentum=0.9)
     optimizer.bind(model.parameters())
+    hooks = CallbackList(callbacks, model, verbose)
     history, start = History(), 0
     if resume is not None:
         start, history = load_training_checkpoint(resume, model, optimizer, schedule)
-    hooks = CallbackList(callbacks, model, verbose)
+        hooks.load_state_dict(read_callback_states(resume))
+        hooks.on_resume(history)
     model.stop_training = False
     try:
         hooks.on_train_begin()
@@ -197,16 +208,60 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
             _step_epoch_schedule(schedule, logs)
             history.append(epoch + 1, logs)
             if verbose:
-                print(_epoch_line(epoch + 1, epochs, logs), flush=True)
-            if checkpoint is not None:
-                save_training_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history)
+                say(_epoch_line(epoch + 1, epochs, logs))
+            # The best model and the logs first, the checkpoint last: a kill in between makes a
+            # resumed run redo this epoch (same seed, same result) and rewrite the logs from the
+            # checkpoint's history, so no epoch is lost from the files or written twice.
             hooks.on_epoch_end(epoch + 1, logs)
+            if checkpoint is not None:
+                save_training_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history,
+                                         callbacks=hooks.state_dict())
             if model.stop_training:
                 break
         hooks.on_train_end()
     finally:
         release_freed_memory()   # the steps' volumes, kept for reuse while training
     return history
+
+
+def say(line: str) -> None:
+    """Print ``line`` to standard output; when nobody reads it any more (``cnnkit train | head -1``),
+    stop printing and carry on, as training's files matter more than its progress lines."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point a standard output whose reader has gone at /dev/null: later prints, and Python's flush
+    at exit, then succeed instead of raising BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # a stream without a file descriptor
+        sys.stdout = open(os.devnull, "w")
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _non_empty(dataset: Dataset, argument: str) -> Dataset:
+    if len(dataset) == 0:
+        raise DataError(f"fit: the {argument} data is empty (0 examples); give it at least one example")
+    return dataset
+
+
+def _check_checkpoint_path(checkpoint) -> None:
+    """Fail before training, not after the first epoch, when the checkpoint cannot be written."""
+    from .io import check_writable
+    path = Path(checkpoint)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path)
+    except OSError as error:
+        raise ConfigError(f"fit: checkpoint={str(checkpoint)!r} cannot be written "
+                          f"({error.strerror or error}); give a path in a writable folder") from None
 
 
 def _check_fit_arguments(epochs, batch_size, verbose) -> None:
@@ -235,6 +290,7 @@ def _run_epoch(model, optimizer, data, epoch, epochs, batch_size, seed, verbose,
     stream.close()
     result = metrics.result()
     result["images_per_second"] = metrics.count / max(time.perf_counter() - started, 1e-9)
+    result["lr"] = float(optimizer.lr)   # the record shows the rate each epoch really ran at
     return result
 
 
@@ -272,5 +328,6 @@ def _advance(bar, logs: dict[str, float], images_per_second: float) -> None:
 def _epoch_line(epoch: int, epochs: int, logs: dict[str, float]) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
     for key, value in logs.items():
-        parts.append(f"{key} {value:.0f}" if key == "images_per_second" else f"{key} {value:.4f}")
+        parts.append(f"{key} {value:.0f}" if key == "images_per_second" else
+                     f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
     return "  ".join(parts).replace("images_per_second", "img/s")

@@ -78,16 +78,61 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if not root.is_dir():
         raise DataError(f"ImageFolder: root {str(root)!r} is not a directory; expected "
                         "root/<class name>/<image files>.")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    real_root = os.path.realpath(root)
+    visited: set[str] = {real_root}
+    classes = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if _may_enter(entry, real_root, visited, root):
+            classes.append(entry.name)
     if not classes:
         raise DataError(f"ImageFolder: no class folders in {str(root)!r}; expected "
                         "root/<class name>/<image files>.")
-    samples = []
+    samples, seen_files = [], set()
     for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames.sort()
-            samples += [(Path(dirpath) / f, label) for f in sorted(filenames) if _is_image(f)]
+        samples += [(path, label) for path in _images_below(root / name, visited, seen_files)]
     return classes, samples
+
+
+def _may_enter(entry: os.DirEntry, inside: str, visited: set[str], where: Path) -> bool:
+    """Whether the walk enters the folder ``entry``: a real folder, or a link to a folder below
+    ``inside`` (a real path), and in both cases one that the walk has not entered before.
+
+    This is what keeps a link loop (``cls/up -> ..``) from listing files again and again under
+    the wrong class, and a link from leading out of the data.
+    """
+    real = os.path.realpath(entry.path)
+    if entry.is_symlink() and not real.startswith(inside + os.sep):
+        warnings.warn(f"ImageFolder: not following the link {entry.path} -> {real}: it leads out of "
+                      f"{str(where)!r}", stacklevel=4)
+        return False
+    if real in visited:
+        if entry.is_symlink():
+            warnings.warn(f"ImageFolder: not following the link {entry.path} -> {real}: that folder "
+                          f"is already read", stacklevel=4)
+        return False
+    visited.add(real)
+    return True
+
+
+def _images_below(folder: Path, visited: set[str], seen_files: set[str]) -> list[Path]:
+    """Image files in ``folder`` and its sub-folders, sorted, each real file once; a linked folder
+    is entered only when it lies inside ``folder`` (so a class never takes another's images)."""
+    inside = os.path.realpath(folder)
+    found, stack = [], [folder]
+    while stack:
+        here = stack.pop()
+        entries = sorted(os.scandir(here), key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_file() and _is_image(entry.name):
+                real = os.path.realpath(entry.path)
+                if real not in seen_files:
+                    seen_files.add(real)
+                    found.append(Path(entry.path))
+        subfolders = [e for e in entries if e.is_dir() and _may_enter(e, inside, visited, folder)]
+        stack += [Path(e.path) for e in reversed(subfolders)]
+    return found
 
 
 class ImageFolder:

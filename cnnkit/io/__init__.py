@@ -3,7 +3,7 @@
 Nothing here imports torch or TensorFlow, and no reader executes code from a file.
 """
 
-from cnnkit.io.atomic import atomic_open, atomic_path, atomic_write
+from cnnkit.io.atomic import atomic_open, atomic_path, atomic_write, check_writable
 from cnnkit.io.keras_h5 import read_keras_h5
 from cnnkit.io.pretrained import detect_source, load_pretrained, read_weights
 from cnnkit.io.safetensors_io import (
@@ -17,6 +17,7 @@ __all__ = [
     "atomic_open",
     "atomic_path",
     "atomic_write",
+    "check_writable",
     "detect_source",
     "load_pretrained",
     "read_weights",

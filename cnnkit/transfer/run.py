@@ -20,7 +20,8 @@ def load_images(spec: str, model, seed: int = 0):
     """``(train, test)``: the bundled digits, or a folder (``train/`` and ``test/``, else an 80/20 split)
     read exactly as ``cnnkit classify`` reads photos for ``model`` (its input size and preprocessing)."""
     transform = photo_transform(model) if spec != "digits" else None
-    return load_data(spec, image_size=None, seed=seed, transform=transform)
+    # photo_transform prepares 0-255 photos itself, as classify does: no scaling before it
+    return load_data(spec, image_size=None, seed=seed, transform=transform, scale=False)
 
 
 def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "auto", layer: str | None = None,

@@ -136,3 +136,32 @@ def test_image_folder_argument_errors(tmp_path):
         ImageFolder(tmp_path, on_error="ignore")
     with pytest.raises(ConfigError, match=r"verify='full'"):
         ImageFolder(tmp_path, verify="full")
+
+
+def test_a_link_loop_lists_each_image_once_under_its_own_class(tmp_path):
+    _tree(tmp_path)
+    (tmp_path / "cat" / "up").symlink_to("..")            # cat/up/cat/up/... and cat/up/dog/...
+    (tmp_path / "dog" / "again").symlink_to(tmp_path / "dog")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ImageFolder(tmp_path)
+    assert [(p.name, label) for p, label in ds.samples] == [("b.png", 0), ("a.PNG", 0), ("z.jpg", 1)]
+    assert sum("not following the link" in str(w.message) for w in caught) == 2
+
+
+def test_a_link_out_of_the_data_folder_is_not_followed(tmp_path):
+    _tree(tmp_path / "data")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(_rgb(4, 4, 9)).save(outside / "secret.png")
+    (tmp_path / "data" / "cat" / "out").symlink_to(outside)
+    with pytest.warns(UserWarning, match="leads out of"):
+        ds = ImageFolder(tmp_path / "data")
+    assert "secret.png" not in [p.name for p, _ in ds.samples] and len(ds) == 3
+
+
+def test_a_link_inside_its_class_folder_is_followed_once(tmp_path):
+    _tree(tmp_path)
+    (tmp_path / "cat" / "alias").symlink_to(tmp_path / "cat" / "more")
+    ds = ImageFolder(tmp_path)
+    assert sorted(p.name for p, _ in ds.samples) == ["a.PNG", "b.png", "z.jpg"]

@@ -19,7 +19,8 @@ EPOCHS = 2
 def run_dir(tmp_path_factory):
     """A `cnnkit train` run folder: 2 epochs of vgg_small on the digits (writes report.html via the hook)."""
     folder = tmp_path_factory.mktemp("viz_run")
-    train_run(data="digits", model="vgg_small", epochs=EPOCHS, out=str(folder), verbose=0)
+    # lr 0.05 (above the default 0.02): two epochs must move the filters visibly from initialisation
+    train_run(data="digits", model="vgg_small", epochs=EPOCHS, lr=0.05, out=str(folder), verbose=0)
     return folder
 
 
