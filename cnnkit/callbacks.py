@@ -19,6 +19,7 @@ import io
 import json
 import math
 import sys
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,7 @@ class ModelCheckpoint(Callback):
             self.saved_epoch = state.get("saved_epoch")
 
 
-class _EpochLog(Callback):
+class _EpochLog(Callback, ABC):
     """A file that gets one record per epoch; started afresh unless ``append``.
 
     A resumed run rewrites the file, atomically, from the checkpoint's history: the records of
@@ -243,9 +244,9 @@ class _EpochLog(Callback):
         with self.path.open("a", newline="") as handle:
             handle.write(self.format([{"epoch": epoch, **logs}], header=new))
 
+    @abstractmethod
     def format(self, records: list[dict], header: bool) -> str:
         """The text of ``records``, with the file's header first when ``header``."""
-        raise NotImplementedError
 
 
 class CSVLogger(_EpochLog):
