@@ -143,7 +143,12 @@ class Layer(ABC):
         return dict(self._params)
 
     def buffers(self) -> dict[str, np.ndarray]:
-        """State that is saved with the weights but never learned by gradient (running statistics)."""
+        """State that is saved with the weights but never learned by gradient (running statistics),
+        as read-only views; loaders write through :meth:`writable_buffers`."""
+        return {name: _read_only(value) for name, value in self._buffers.items()}
+
+    def writable_buffers(self) -> dict[str, np.ndarray]:
+        """The buffers themselves, for loaders that fill them in place (``Sequential.load_state_dict``)."""
         return dict(self._buffers)
 
     def param_count(self) -> int:
@@ -205,6 +210,12 @@ class Layer(ABC):
                  if k not in defaults or defaults[k] is inspect.Parameter.empty
                  or _differs(v, defaults[k])]
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _differs(value, default) -> bool:

@@ -80,10 +80,8 @@ def features(model: Sequential, train, layer: str | None = None, l2: float = 1e-
     classifier = fit_linear(table, labels_of(data), len(names), l2=l2, steps=steps, lr=lr, seed=seed)
     net = compose(truncate(model, layer), [Dense(len(names), name="head"), Softmax(name="prob")])
     head = net["head"].parameters()
-    head["weight"].value[...] = classifier.weight
-    head["bias"].value[...] = classifier.bias
-    head["weight"].mark_changed()
-    head["bias"].mark_changed()
+    head["weight"].value = classifier.weight
+    head["bias"].value = classifier.bias
     net.meta["class_names"] = names
     net.meta["transfer"] = {"scenario": "features", "layer": layer, "source": model.name, "l2": l2}
     return net

@@ -54,7 +54,7 @@ def test_prelu_layer_matches_torch_prelu_with_per_channel_slopes():
     x = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     layer = _built(PReLU(), (5, 4, 3))
-    layer.parameters()["alpha"].value[:] = [0.1, -0.2, 0.5]
+    layer.parameters()["alpha"].value = np.array([0.1, -0.2, 0.5], np.float32)
     module = torch.nn.PReLU(num_parameters=3)
     with torch.no_grad():
         module.weight.copy_(torch.tensor([0.1, -0.2, 0.5]))

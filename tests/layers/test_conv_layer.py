@@ -33,7 +33,7 @@ GRADCHECK_CASES = [  # input (H, W, C), filters, kernel, stride, padding, dilati
 def test_conv2d_gradients_match_finite_differences(shape, filters, kernel, stride, padding, dilation):
     layer = Conv2d(filters, kernel, stride, padding, dilation)
     layer.build(shape, np.random.default_rng(0))
-    layer.parameters()["bias"].value[:] = np.random.default_rng(1).standard_normal(filters)
+    layer.parameters()["bias"].value = np.random.default_rng(1).standard_normal(filters).astype(np.float32)
     x = np.random.default_rng(2).standard_normal((2, *shape))
     result = cnnkit.gradcheck(layer, x, max_entries=150)
     assert result.max_error < 1e-6, result.errors

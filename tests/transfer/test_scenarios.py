@@ -69,7 +69,8 @@ def test_features_second_run_reads_the_cache_and_changes_recompute(pretrained, h
     transfer.features(pretrained, data, layer="pool1", cache_dir=tmp_path)
     assert calls == ["pool1"]                                       # another layer: computed
     changed = transfer.with_new_head(pretrained, 5)
-    changed["conv1_1"].parameters()["weight"].value[0, 0, 0, 0] += 1e-3
+    with changed["conv1_1"].parameters()["weight"].writing() as weight:
+        weight[0, 0, 0, 0] += 1e-3
     calls.clear()
     transfer.features(changed, data, layer="pool2", cache_dir=tmp_path)
     assert calls == ["pool2"]                                       # another model: computed
