@@ -9,8 +9,8 @@ from contextlib import ExitStack, contextmanager
 import numpy as np
 
 from .errors import ConfigError, ShapeError, WeightsError
-from .layers.base import Layer
-from .layers.fusion import forward_layers
+from .layers.base import Layer, as_compute_dtype
+from .layers.fusion import backward_layers, forward_layers
 from .ops.threads import uses_worker_pool
 from .parameter import Parameter
 
@@ -52,13 +52,8 @@ class Sequential:
         shape = _as_shape(input_shape, self.name)
         rng = rng if rng is not None else np.random.default_rng(self.seed)
         self.input_shape = shape
-        for before, layer, after in zip([None] + self.layers[:-1], self.layers, self.layers[1:] + [None]):
+        for layer, after in zip(self.layers, self.layers[1:] + [None]):
             layer.init_scheme = "he" if after is not None and after.wants_he_init else "glorot"
-            if hasattr(layer, "inplace"):
-                # overwriting the input is safe only when nobody else holds it
-                layer.inplace = before is not None and before.fresh_output
-            if hasattr(layer, "grad_inplace"):
-                layer.grad_inplace = after is not None and after.fresh_input_grad
             shape = layer.build(shape, rng, strict=self.strict)
         return shape
 
@@ -112,9 +107,7 @@ class Sequential:
     @uses_worker_pool
     def backward(self, dloss: np.ndarray) -> np.ndarray:
         """Back-propagate the loss gradient of the output; return the gradient of the input."""
-        for layer in reversed(self.layers):
-            dloss = layer.backward(dloss)
-        return dloss
+        return backward_layers(self.layers, dloss)
 
     def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Inference over ``x`` in batches of ``batch_size`` (no caches are kept)."""
@@ -130,6 +123,7 @@ class Sequential:
         if x.ndim != len(self.input_shape) + 1:
             raise ShapeError(f"{self.name}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
                              f"; received {x.shape}")
+        as_compute_dtype(x[:0], self.name)   # a dtype no layer computes in fails now, even when empty
         outputs = []
         for start in range(0, len(x), batch_size):
             outputs.append(forward_layers(self.layers[:stop], x[start:start + batch_size], training_from=stop))

@@ -32,10 +32,10 @@ class Layer(ABC):
     #: allocate no new activation volume; the summary's memory totals skip them.
     in_place = False
     #: The output of forward is a new array the layer keeps no reference to, so the next layer
-    #: may overwrite it (Sequential then lets an activation work in place).
+    #: may overwrite it (the executor then calls the next layer's :meth:`forward_owned`).
     fresh_output = False
-    #: Likewise for the gradient that backward returns (Sequential lets the activation before
-    #: this layer overwrite it).
+    #: Likewise for the gradient that backward returns (the executor then calls the layer
+    #: before's :meth:`backward_owned`).
     fresh_input_grad = False
     #: ``backward(dy, need_input_grad=False)`` skips computing the input gradient (a first layer).
     skips_input_grad = False
@@ -109,11 +109,26 @@ class Layer(ABC):
         by :meth:`forward_fused`; return it as this layer's output."""
         raise ConfigError(f"{self.label}: is not an activation the layer before can compute")
 
+    def forward_owned(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """:meth:`forward` of an ``x`` the caller hands over: nobody reads it afterwards, so the
+        layer may overwrite it (activations compute in place). Only an executor that knows who
+        holds ``x`` calls this; ``forward`` never writes into its input."""
+        return self.forward(x, training)
+
+    def backward_owned(self, dy: np.ndarray) -> np.ndarray:
+        """:meth:`backward` of a ``dy`` the caller hands over (the layer may overwrite it)."""
+        return self.backward(dy)
+
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
 
-    def check_input(self, x: np.ndarray) -> None:
-        """Raise :class:`ShapeError` unless ``x`` is a batch of this layer's input volume."""
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as the array to compute on; raise :class:`ShapeError` unless it is a non-empty
+        batch of this layer's input volume in a dtype cnnkit computes in.
+
+        float32 and float64 stay as they are; integer arrays (uint8 images) become float32,
+        values unchanged (scale them yourself); other dtypes are refused (see :func:`as_compute_dtype`).
+        """
         if not self.built:
             raise ShapeError(f"{self.label}: call build(input_shape) (or put the layer in a Sequential) "
                              f"before forward")
@@ -122,6 +137,10 @@ class Layer(ABC):
             received = getattr(x, "shape", type(x).__name__)
             raise ShapeError(f"{self.label}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
                              f"; received {received}")
+        if x.shape[0] == 0:
+            raise ShapeError(f"{self.label}: received an empty batch, input shape {x.shape}; "
+                             f"pass at least one sample")
+        return as_compute_dtype(x, self.label)
 
     def check_grad(self, dy: np.ndarray, expected: tuple[int, ...]) -> None:
         """Raise :class:`ShapeError` unless the gradient ``dy`` has the shape of the last forward's output."""
@@ -210,6 +229,23 @@ class Layer(ABC):
                  if k not in defaults or defaults[k] is inspect.Parameter.empty
                  or _differs(v, defaults[k])]
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+#: dtypes layers compute in; an input in another float or in a non-number dtype is refused
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_compute_dtype(x: np.ndarray, label: str) -> np.ndarray:
+    """``x`` in a dtype layers compute in: float32 and float64 as they are (no copy), integer
+    arrays as float32 (a uint8 image computed in uint8 would wrap around); float16, bool, complex,
+    strings and objects raise :class:`ShapeError` with the fix."""
+    if x.dtype in COMPUTE_DTYPES:
+        return x
+    if x.dtype.kind in "iu":
+        return x.astype(np.float32)
+    raise ShapeError(f"{label}: cannot compute on an input of dtype {x.dtype}; cnnkit layers compute in "
+                     f"float32 or float64 (integer images are converted to float32); convert it first, "
+                     f"e.g. x.astype(np.float32)")
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class BatchNorm2d(Layer):
         return batchnorm_params(self.input_shape[-1])[0]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         gamma, beta = self._params["weight"].value, self._params["bias"].value
         mean, var = self._buffers["running_mean"], self._buffers["running_var"]
         self._cache = None

@@ -58,7 +58,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``(B, H, W, C) -> (B, H2, W2, C)``; in training, keep which tap won each window."""
-        self.check_input(x)
+        x = self.check_input(x)
         y, winners = max_pool2d(x, self._windows, with_indices=training)
         self._cache = (winners, x.shape) if training else None
         return y
@@ -84,7 +84,7 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``(B, H, W, C) -> (B, H2, W2, C)``; backward needs only the input shape."""
-        self.check_input(x)
+        x = self.check_input(x)
         y = avg_pool2d(x, self._windows, self.count_include_pad)
         self._cache = x.shape if training else None
         return y
@@ -115,7 +115,7 @@ class GlobalAvgPool2d(_GlobalPool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The mean of each channel; backward needs only the input shape."""
-        self.check_input(x)
+        x = self.check_input(x)
         self._cache = x.shape if training else None
         return global_avg_pool2d(x)
 
@@ -134,7 +134,7 @@ class GlobalMaxPool2d(_GlobalPool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The max of each channel; in training, keep where each maximum was."""
-        self.check_input(x)
+        x = self.check_input(x)
         y, positions = global_max_pool2d(x, with_indices=training)
         self._cache = (positions, x.shape) if training else None
         return y

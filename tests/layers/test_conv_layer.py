@@ -158,7 +158,7 @@ def test_fused_relu_is_configured_like_keras_and_protects_its_output():
                                           r"activation='tanh'; put other activations in a layer of their own$"):
         Conv2d(4, 3, activation="tanh", name="conv1").build((6, 5, 3))
     model = cnnkit.Sequential([Conv2d(4, 3, padding=1, activation="relu"), Sigmoid()], input_shape=(6, 5, 3))
-    assert model.layers[0].init_scheme == "glorot" and model.layers[1].inplace is False
+    assert model.layers[0].init_scheme == "glorot" and model.layers[0].fresh_output is False
     assert model.layers[0].get_config()["activation"] == "relu"
     rebuilt = cnnkit.Sequential.from_config(model.get_config())
     assert rebuilt.layers[0].activation == "relu"

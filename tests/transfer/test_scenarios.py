@@ -33,9 +33,10 @@ def test_train_step_runs_frozen_prefix_in_inference_mode(pretrained, halves):
     net.freeze(up_to="pool2")
     calls = []
     for layer in net.layers:
-        original = layer.forward
-        layer.forward = (lambda f, n: lambda x, training=False: (calls.append((n, training)), f(x, training))[1])(
-            original, layer.name)
+        for method in ("forward", "forward_owned"):   # the executor hands fresh arrays to forward_owned
+            original = getattr(layer, method)
+            setattr(layer, method, (lambda f, n: lambda x, training=False: (calls.append((n, training)),
+                                                                             f(x, training))[1])(original, layer.name))
     from cnnkit.optim import SGD
     from cnnkit.train import train_step
     optimizer = SGD(lr=0.01)
