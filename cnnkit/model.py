@@ -21,7 +21,7 @@ class Sequential:
     Args:
         layers: the layers, in order. Unnamed layers get ``<kind>_<n>`` names (``conv2d_1``).
         input_shape: the input volume ``(H, W, C)``; the model is built at once when given.
-        strict: make strides that leave input rows unread an error instead of skipping them.
+        strict: make windows that leave input rows unread (stride, dilation) an error instead of skipping them.
         seed: seed of the generator that initialises the weights.
         name: the model's name.
     """

@@ -197,7 +197,8 @@ class Layer(ABC):
         return field[0].through(windows[0]), field[1].through(windows[1])
 
     def unread(self) -> tuple[int, int]:
-        """Input rows and columns at the bottom/right edge that no window reads."""
+        """Input rows and columns that no window reads: after the last window, or between taps that
+        dilation or a long stride steps over (:func:`cnnkit.arithmetic.unread_rows`)."""
         return 0, 0
 
     def activations(self) -> int:
