@@ -246,7 +246,7 @@ class Sequential:
                 raise ConfigError(f"architecture: layer {index} has unknown class {kind!r}; "
                                   f"known classes are {sorted(LAYER_CLASSES)}")
             try:
-                layers.append(LAYER_CLASSES[kind](**entry.get("config", {})))
+                layers.append(LAYER_CLASSES[kind].from_config(entry.get("config", {})))
             except TypeError as error:
                 raise ConfigError(f"architecture: layer {index} ({kind}) has bad arguments: {error}") from None
         model = cls(layers, input_shape=config.get("input_shape"), strict=config.get("strict", False),

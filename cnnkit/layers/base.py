@@ -53,6 +53,8 @@ class Layer(ABC):
         self._params: dict[str, Parameter] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self._cache = None
+        #: ``trainable`` from a saved config, applied to the parameters once build creates them
+        self._saved_trainable: bool | dict[str, bool] = True
 
     # ------------------------------------------------------------------ building
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
@@ -64,7 +66,18 @@ class Layer(ABC):
         self.strict = strict
         self.input_shape = shape
         self.output_shape = tuple(self._build(shape, rng if rng is not None else np.random.default_rng()))
+        self._apply_trainable(self._saved_trainable)
         return self.output_shape
+
+    def _apply_trainable(self, trainable: bool | dict[str, bool]) -> None:
+        """Set the parameters' ``trainable`` flags from a config value (one bool, or one per parameter)."""
+        flags = trainable if isinstance(trainable, dict) else {name: trainable for name in self._params}
+        unknown = sorted(set(flags) - set(self._params))
+        if unknown:
+            raise ConfigError(f"{self.label}: trainable names parameters {unknown} the layer does not have; "
+                              f"its parameters are {sorted(self._params)}")
+        for name, flag in flags.items():
+            self._params[name].trainable = flag
 
     def _build(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
         return input_shape
@@ -215,17 +228,40 @@ class Layer(ABC):
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
-        """Constructor arguments as plain data, enough to rebuild the layer without code."""
+        """Constructor arguments as plain data, and ``trainable`` (Keras style), enough to rebuild
+        the layer without code (:meth:`from_config`).
+
+        ``trainable`` is True or False when every parameter agrees (a layer without parameters:
+        True), else a ``{parameter: bool}`` dict (``model.freeze("fc6.bias")``).
+        """
         config = {}
         for arg in inspect.signature(type(self).__init__).parameters:
             if arg in ("self", "args", "kwargs"):
                 continue
             value = getattr(self, arg)
             config[arg] = list(value) if isinstance(value, tuple) else value
+        config["trainable"] = self._trainable_config()
         return config
+
+    def _trainable_config(self) -> bool | dict[str, bool]:
+        if not self._params:
+            return self._saved_trainable
+        flags = {name: param.trainable for name, param in self._params.items()}
+        return next(iter(flags.values())) if len(set(flags.values())) == 1 else flags
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """The layer :meth:`get_config` describes; ``trainable`` (absent in old files: True) is
+        applied to the parameters when the layer is built."""
+        arguments = dict(config)
+        trainable = arguments.pop("trainable", True)
+        layer = cls(**arguments)
+        layer._saved_trainable = _checked_trainable(trainable, layer.label)
+        return layer
 
     def __repr__(self) -> str:
         defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        defaults["trainable"] = True
         shown = [f"{k}={v!r}" for k, v in self.get_config().items()
                  if k not in defaults or defaults[k] is inspect.Parameter.empty
                  or _differs(v, defaults[k])]
@@ -247,6 +283,16 @@ def as_compute_dtype(x: np.ndarray, label: str) -> np.ndarray:
     raise ShapeError(f"{label}: cannot compute on an input of dtype {x.dtype}; cnnkit layers compute in "
                      f"float32 or float64 (integer images are converted to float32); convert it first, "
                      f"e.g. x.astype(np.float32)")
+
+
+def _checked_trainable(trainable, label: str) -> bool | dict[str, bool]:
+    """A config's ``trainable``: a bool, or a dict of parameter names to bools."""
+    if isinstance(trainable, bool):
+        return trainable
+    if isinstance(trainable, dict) and all(isinstance(k, str) and isinstance(v, bool) for k, v in trainable.items()):
+        return dict(trainable)
+    raise ConfigError(f"{label}: trainable must be true, false or a mapping of parameter names to booleans; "
+                      f"received trainable={trainable!r}")
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -111,9 +111,9 @@ def finetune(model: Sequential, train, layer: str | None = None, epochs: int = 1
     net = with_new_head(model, len(names), seed=seed, class_names=names)
     cut = cut_index(net, layer)
     head = net.layers[head_index(net)].name
-    for block in net.layers[:cut + 1]:
-        if isinstance(block, BatchNorm2d):
-            block.frozen_stats = True
+    for position, block in enumerate(net.layers):
+        if isinstance(block, BatchNorm2d):   # the source's own flags are replaced by this cut
+            block.frozen_stats = position <= cut
     options = dict(batch_size=batch_size, validation=validation, seed=seed, verbose=verbose)
     if head_epochs > 0:
         net.freeze()
