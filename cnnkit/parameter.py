@@ -22,17 +22,27 @@ class Parameter:
     - ``with param.writing() as array:`` hands out the writable array for in-place updates
       (optimizer steps, ``Sequential.load_state_dict``) and moves the version on at the end.
 
-    The constructor takes ``value`` over without copying it (layers pass fresh arrays): keep
-    no other reference to it that you write through.
+    The constructor takes a writable ``value`` over without copying it (layers pass fresh
+    arrays): keep no other reference to it that you write through.
     """
 
     __slots__ = ("_value", "_view", "grad", "trainable", "version")
 
     def __init__(self, value: np.ndarray, trainable: bool = True):
-        self._store(np.asarray(value))
+        array = np.asarray(value)
+        # a read-only array (a memory map, a file's buffer) could never be updated in place
+        self._store(array if array.flags.writeable else array.copy())
         self.grad: np.ndarray | None = None
         self.trainable = trainable
         self.version = 0
+
+    def __getstate__(self):
+        # the view is rebuilt on the copy: copied on its own it would stop following the value
+        return self._value, self.grad, self.trainable, self.version
+
+    def __setstate__(self, state) -> None:
+        value, self.grad, self.trainable, self.version = state
+        self._store(value)
 
     def _store(self, array: np.ndarray) -> None:
         self._value = array

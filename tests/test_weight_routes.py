@@ -87,3 +87,22 @@ def test_load_state_dict_refuses_values_that_are_not_numbers():
     state["conv1_1.bias"] = np.array(["a"] * 16)
     with pytest.raises(WeightsError, match=r"not real numbers: conv1_1.bias: dtype <U1"):
         model.load_state_dict(state)
+
+
+def test_a_copied_or_pickled_model_still_follows_its_writes():
+    import copy
+    import pickle
+    for clone in (copy.deepcopy(_model()), pickle.loads(pickle.dumps(_model()))):
+        weight = clone["conv1_1"].parameters()["weight"]
+        with weight.writing() as array:
+            array[...] = 0
+        assert np.all(weight.value == 0) and np.shares_memory(weight.value, array)
+
+
+def test_a_read_only_array_becomes_a_parameter_that_optimizers_can_update():
+    frozen = np.ones(3, np.float32)
+    frozen.flags.writeable = False
+    param = cnnkit.Parameter(frozen)
+    param.accumulate(np.ones(3, np.float32))
+    cnnkit.optim.SGD(lr=0.5, params={"p": param}).step()
+    np.testing.assert_array_equal(param.value, 0.5)
