@@ -124,10 +124,10 @@ def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_
                           f"to skip the last {remainder} row(s) as PyTorch does)")
     unread = unread_rows(in_size, window) if strict else 0
     if unread:
-        raise ConfigError(f"{layer}: no window reads {unread} of the {in_size} input rows along {axis_name} "
-                          f"(window o reads row o*S - P + t*D with tap t < K: K={k}, S={s}, "
-                          f"P={window.pad_before}, D={d} step over them); change stride, dilation or "
-                          f"padding (or build with strict=False to skip them as PyTorch does)")
+        raise ConfigError(f"{layer}: no window reads {unread} of the {in_size} input rows along {axis_name}: "
+                          f"window o reads rows o*S - P + t*D for taps t < K, and K={k}, S={s}, "
+                          f"P={window.pad_before}, D={d} step over them; change stride, dilation or padding "
+                          f"(or build with strict=False to skip them as PyTorch does)")
     return (padded - span) // s + 1
 
 

@@ -292,7 +292,11 @@ def _state_problems(state: Mapping, shapes: dict[str, tuple[int, ...]], strict: 
     for key in shapes:
         if key not in state:
             continue
-        value = np.asarray(state[key]) if not isinstance(state[key], np.ndarray) else state[key]
+        try:
+            value = np.asarray(state[key])
+        except (TypeError, ValueError):   # ragged nested lists
+            not_numbers.append(f"{key}: not an array")
+            continue
         if value.dtype.kind not in "biuf":
             not_numbers.append(f"{key}: dtype {value.dtype}")
         elif value.shape != shapes[key]:

@@ -106,3 +106,11 @@ def test_a_read_only_array_becomes_a_parameter_that_optimizers_can_update():
     param.accumulate(np.ones(3, np.float32))
     cnnkit.optim.SGD(lr=0.5, params={"p": param}).step()
     np.testing.assert_array_equal(param.value, 0.5)
+
+
+def test_load_state_dict_reports_ragged_values_with_the_rest():
+    model = _model()
+    state = {"conv1_1.bias": [[1.0], [1.0, 2.0]], "conv1_2.bias": np.zeros(3)}
+    with pytest.raises(WeightsError, match=r"wrong shapes: conv1_2.bias: model \(16,\), given \(3,\) \| "
+                                           r"not real numbers: conv1_1.bias: not an array$"):
+        model.load_state_dict(state, strict=False)

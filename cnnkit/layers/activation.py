@@ -8,6 +8,7 @@ ReLU, LeakyReLU, Sigmoid and Tanh overwrite it and allocate no new volume. Likew
 The decision is the caller's, per call: a layer called directly (``model["relu_1"](x)``)
 leaves the caller's arrays alone.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
