@@ -104,8 +104,9 @@ def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_
                        strict: bool = False) -> int:
     """Output size along one axis; raise :class:`ConfigError` when the window cannot fit.
 
-    With ``strict=True`` a stride that does not divide the padded input exactly is an error
-    (otherwise the last ``unread_rows`` input rows are silently skipped, as in PyTorch).
+    With ``strict=True`` a stride that does not divide the padded input exactly, or windows whose
+    taps step over input rows (:func:`unread_rows`), are an error; otherwise those rows are
+    silently skipped, as in PyTorch.
     """
     k, s, d = window.kernel, window.stride, window.dilation
     padded = in_size + window.pad_before + window.pad_after
@@ -121,6 +122,12 @@ def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_
                           f"{(padded - span) / s + 1:g} is not a whole number; "
                           f"change stride, padding or the input size (or build with strict=False "
                           f"to skip the last {remainder} row(s) as PyTorch does)")
+    unread = unread_rows(in_size, window) if strict else 0
+    if unread:
+        raise ConfigError(f"{layer}: no window reads {unread} of the {in_size} input rows along {axis_name}: "
+                          f"window o reads rows o*S - P + t*D for taps t < K, and K={k}, S={s}, "
+                          f"P={window.pad_before}, D={d} step over them; change stride, dilation or padding "
+                          f"(or build with strict=False to skip them as PyTorch does)")
     return (padded - span) // s + 1
 
 
@@ -135,10 +142,26 @@ def _formula(in_size: int, window: Window, axis_name: str) -> str:
 
 
 def unread_rows(in_size: int, window: Window) -> int:
-    """How many input rows (or columns) at the end of the axis no window ever reads."""
+    """How many input rows (or columns) along one axis no tap of any window reads.
+
+    Window ``o`` reads, with tap ``t``, input row ``o*S - P_before + t*D``. Rows go unread after
+    the last window when the stride does not divide the padded input, and between taps when
+    dilation, or a stride longer than the kernel, steps over them: ``K = 3, S = 4, P = 1, D = 2``
+    on 11 rows reads rows 1, 3, 5, 7 and 9 only, and leaves 6 unread.
+    """
+    read = bytearray(in_size)
+    for tap in range(window.kernel):
+        for row in _tap_rows(in_size, window, tap):
+            read[row] = 1
+    return in_size - sum(read)
+
+
+def _tap_rows(in_size: int, window: Window, tap: int) -> list[int]:
+    """The input rows that kernel tap ``tap`` reads over all windows (rows in the padding left out)."""
     padded = in_size + window.pad_before + window.pad_after
-    skipped = (padded - window.effective_kernel) % window.stride
-    return max(skipped - window.pad_after, 0)
+    outputs = max((padded - window.effective_kernel) // window.stride + 1, 0)
+    first = tap * window.dilation - window.pad_before       # the row it reads in window 0
+    return [row for row in range(first, first + outputs * window.stride, window.stride) if 0 <= row < in_size]
 
 
 # ----------------------------------------------------------------- learnable parameters

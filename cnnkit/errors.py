@@ -14,7 +14,7 @@ class ConfigError(CnnkitError, ValueError):
 
 
 class ShapeError(CnnkitError, ValueError):
-    """An input array whose shape or channel count does not fit the layer or model."""
+    """An input array whose shape, size, dtype or channel count does not fit the layer or model."""
 
 
 class WeightsError(CnnkitError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
 from .errors import ConfigError, ShapeError, WeightsError
-from .layers.base import Layer
-from .layers.fusion import forward_layers
+from .layers.base import Layer, as_compute_dtype
+from .layers.fusion import backward_layers, forward_layers
 from .ops.threads import uses_worker_pool
 from .parameter import Parameter
 
@@ -20,7 +21,7 @@ class Sequential:
     Args:
         layers: the layers, in order. Unnamed layers get ``<kind>_<n>`` names (``conv2d_1``).
         input_shape: the input volume ``(H, W, C)``; the model is built at once when given.
-        strict: make strides that leave input rows unread an error instead of skipping them.
+        strict: make windows that leave input rows unread (stride, dilation) an error instead of skipping them.
         seed: seed of the generator that initialises the weights.
         name: the model's name.
     """
@@ -51,13 +52,8 @@ class Sequential:
         shape = _as_shape(input_shape, self.name)
         rng = rng if rng is not None else np.random.default_rng(self.seed)
         self.input_shape = shape
-        for before, layer, after in zip([None] + self.layers[:-1], self.layers, self.layers[1:] + [None]):
+        for layer, after in zip(self.layers, self.layers[1:] + [None]):
             layer.init_scheme = "he" if after is not None and after.wants_he_init else "glorot"
-            if hasattr(layer, "inplace"):
-                # overwriting the input is safe only when nobody else holds it
-                layer.inplace = before is not None and before.fresh_output
-            if hasattr(layer, "grad_inplace"):
-                layer.grad_inplace = after is not None and after.fresh_input_grad
             shape = layer.build(shape, rng, strict=self.strict)
         return shape
 
@@ -111,9 +107,7 @@ class Sequential:
     @uses_worker_pool
     def backward(self, dloss: np.ndarray) -> np.ndarray:
         """Back-propagate the loss gradient of the output; return the gradient of the input."""
-        for layer in reversed(self.layers):
-            dloss = layer.backward(dloss)
-        return dloss
+        return backward_layers(self.layers, dloss)
 
     def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Inference over ``x`` in batches of ``batch_size`` (no caches are kept)."""
@@ -129,6 +123,7 @@ class Sequential:
         if x.ndim != len(self.input_shape) + 1:
             raise ShapeError(f"{self.name}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
                              f"; received {x.shape}")
+        as_compute_dtype(x[:0], self.name)   # a dtype no layer computes in fails now, even when empty
         outputs = []
         for start in range(0, len(x), batch_size):
             outputs.append(forward_layers(self.layers[:stop], x[start:start + batch_size], training_from=stop))
@@ -192,35 +187,45 @@ class Sequential:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters and buffers by dotted name (the arrays themselves, not copies)."""
+        """Parameters and buffers by dotted name: read-only views of the model's own arrays (no copies).
+
+        Writing into them raises NumPy's ``ValueError: assignment destination is read-only``;
+        change weights with :meth:`load_state_dict` or ``param.value = array``, so that derived
+        caches (Winograd filters) follow. ``{k: v.copy() for k, v in ...}`` gives arrays of your own.
+        """
         state = {name: param.value for name, param in self.parameters().items()}
         state.update(self.buffers())
         return state
+
+    @contextmanager
+    def writable_state(self) -> Iterator[dict[str, np.ndarray]]:
+        """The model's own arrays by dotted name, writable, for loaders that fill them in place
+        (re-laying out a file's weights as they go); every parameter's version moves on at the end."""
+        self._require_built()
+        with ExitStack() as stack:
+            targets = {name: stack.enter_context(param.writing()) for name, param in self.parameters().items()}
+            targets.update({f"{layer.name}.{local}": value
+                            for layer in self.layers for local, value in layer.writable_buffers().items()})
+            yield targets
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays into the model, checking every key and shape; all mismatches are reported at once.
 
         With ``strict=False`` missing and unexpected keys are allowed, but shapes must still agree.
         """
-        targets = self._state_targets()
-        missing = [key for key in targets if key not in state]
-        unexpected = [key for key in state if key not in targets]
-        wrong = [f"{key}: model {targets[key].shape}, given {tuple(np.shape(state[key]))}"
-                 for key in targets if key in state and tuple(np.shape(state[key])) != targets[key].shape]
-        problems = ([f"wrong shapes: {'; '.join(wrong)}"] if wrong else []) + (
-            [f"missing keys: {missing}", f"unexpected keys: {unexpected}"] if strict else [])
-        problems = [p for p in problems if not p.endswith(": []")]
+        if not isinstance(state, Mapping):
+            raise WeightsError(f"{self.name}: load_state_dict expects a mapping of names to arrays, such as "
+                               f"model.state_dict() or cnnkit.io.read_weights(path); received "
+                               f"{type(state).__name__}")
+        self._require_built()
+        shapes = {name: value.shape for name, value in self.state_dict().items()}
+        problems = _state_problems(state, shapes, strict)
         if problems:
             raise WeightsError(f"{self.name}: the state dict does not fit the model: " + " | ".join(problems))
-        for key, target in targets.items():
-            if key in state:
-                target[...] = state[key]
-        for param in self.parameters().values():
-            param.mark_changed()
-
-    def _state_targets(self) -> dict[str, np.ndarray]:
-        self._require_built()
-        return self.state_dict()
+        with self.writable_state() as targets:
+            for key, target in targets.items():
+                if key in state:
+                    target[...] = state[key]
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
@@ -241,7 +246,7 @@ class Sequential:
                 raise ConfigError(f"architecture: layer {index} has unknown class {kind!r}; "
                                   f"known classes are {sorted(LAYER_CLASSES)}")
             try:
-                layers.append(LAYER_CLASSES[kind](**entry.get("config", {})))
+                layers.append(LAYER_CLASSES[kind].from_config(entry.get("config", {})))
             except TypeError as error:
                 raise ConfigError(f"architecture: layer {index} ({kind}) has bad arguments: {error}") from None
         model = cls(layers, input_shape=config.get("input_shape"), strict=config.get("strict", False),
@@ -278,6 +283,32 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n".join(f"  {layer.name}: {layer!r}" for layer in self.layers)
         return f"Sequential(name={self.name!r}, input_shape={self.input_shape}, [\n{inner}\n])"
+
+
+def _state_problems(state: Mapping, shapes: dict[str, tuple[int, ...]], strict: bool) -> list[str]:
+    """Every way ``state`` does not fit arrays of ``shapes``: wrong shapes or non-numbers, and
+    (when ``strict``) missing and unexpected keys."""
+    wrong, not_numbers = [], []
+    for key in shapes:
+        if key not in state:
+            continue
+        try:
+            value = np.asarray(state[key])
+        except (TypeError, ValueError):   # ragged nested lists
+            not_numbers.append(f"{key}: not an array")
+            continue
+        if value.dtype.kind not in "biuf":
+            not_numbers.append(f"{key}: dtype {value.dtype}")
+        elif value.shape != shapes[key]:
+            wrong.append(f"{key}: model {shapes[key]}, given {value.shape}")
+    problems = [f"wrong shapes: {'; '.join(wrong)}"] if wrong else []
+    problems += [f"not real numbers: {'; '.join(not_numbers)}"] if not_numbers else []
+    if strict:
+        missing = [key for key in shapes if key not in state]
+        unexpected = [key for key in state if key not in shapes]
+        problems += [f"missing keys: {missing}"] if missing else []
+        problems += [f"unexpected keys: {unexpected}"] if unexpected else []
+    return problems
 
 
 def _as_shape(input_shape, model: str) -> tuple[int, ...]:

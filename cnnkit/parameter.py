@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -11,40 +13,73 @@ class Parameter:
     ``grad`` is ``None`` until a backward pass adds into it (as in PyTorch), so a model used
     only for inference never pays for a second copy of its weights.
 
-    ``version`` counts changes of the value, so layers may cache things derived from it
-    (a convolution's Winograd-transformed filters). Assigning ``value``, optimizer steps and
-    state-dict loads count; code that writes into ``value`` in place itself calls
-    :meth:`mark_changed`.
+    A weight changes through known routes only, so that layers may cache things derived from it
+    (a convolution's Winograd-transformed filters) and key them on ``version``:
+
+    - ``param.value`` is a read-only view: writing into it (or into ``model.state_dict()``
+      values) raises NumPy's ``ValueError: assignment destination is read-only``;
+    - ``param.value = array`` stores a copy of ``array`` and moves the version on;
+    - ``with param.writing() as array:`` hands out the writable array for in-place updates
+      (optimizer steps, ``Sequential.load_state_dict``) and moves the version on at the end.
+
+    The constructor takes a writable ``value`` over without copying it (layers pass fresh
+    arrays): keep no other reference to it that you write through.
     """
 
-    __slots__ = ("_value", "grad", "trainable", "version")
+    __slots__ = ("_value", "_view", "grad", "trainable", "version")
 
     def __init__(self, value: np.ndarray, trainable: bool = True):
-        self._value = value
+        array = np.asarray(value)
+        # a read-only array (a memory map, a file's buffer) could never be updated in place
+        self._store(array if array.flags.writeable else array.copy())
         self.grad: np.ndarray | None = None
         self.trainable = trainable
         self.version = 0
 
+    def __getstate__(self):
+        # the view is rebuilt on the copy: copied on its own it would stop following the value
+        return self._value, self.grad, self.trainable, self.version
+
+    def __setstate__(self, state) -> None:
+        value, self.grad, self.trainable, self.version = state
+        self._store(value)
+
+    def _store(self, array: np.ndarray) -> None:
+        self._value = array
+        # one read-only view per value: reads are free and ``param.value is param.value``
+        self._view = array.view()
+        self._view.flags.writeable = False
+
     @property
     def value(self) -> np.ndarray:
-        return self._value
+        """The value as a read-only array; assign ``value`` or use :meth:`writing` to change it."""
+        return self._view
 
     @value.setter
     def value(self, array: np.ndarray) -> None:
-        self._value = array
+        # a copy: the caller's array stays the caller's, and writing to it cannot bypass the version
+        self._store(np.array(array, copy=True))
         self.version += 1
 
+    @contextmanager
+    def writing(self):
+        """The writable value, for in-place updates; the version moves on when the block ends."""
+        try:
+            yield self._value
+        finally:
+            self.version += 1
+
     def mark_changed(self) -> None:
-        """Record that ``value`` was modified in place."""
+        """Move the version on: derived caches are recomputed at their next use."""
         self.version += 1
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.value.shape
+        return self._value.shape
 
     @property
     def size(self) -> int:
-        return int(self.value.size)
+        return int(self._value.size)
 
     def accumulate(self, grad: np.ndarray, fresh: bool = False) -> None:
         """Add ``grad`` into ``self.grad`` (allocating it on first use).
@@ -65,4 +100,4 @@ class Parameter:
 
     def __repr__(self) -> str:
         frozen = "" if self.trainable else ", trainable=False"
-        return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype}{frozen})"
+        return f"Parameter(shape={self._value.shape}, dtype={self._value.dtype}{frozen})"

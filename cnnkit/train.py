@@ -18,7 +18,7 @@ from .callbacks import Callback, CallbackList
 from .data import ArrayDataset, Dataset, batches
 from .errors import ConfigError, DataError
 from .layers import Softmax
-from .layers.fusion import forward_layers
+from .layers.fusion import backward_layers, forward_layers
 from .ops.allocator import keep_freed_memory, release_freed_memory
 from .ops.loss import softmax_cross_entropy
 from .ops.threads import uses_worker_pool
@@ -90,15 +90,8 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
     scores = forward_layers(layers, x, training_from=start)
     loss, dscores = softmax_cross_entropy(scores, y)
     model.zero_grad()
-    grad = dscores
-    for layer in reversed(layers[start + 1:]):
-        grad = layer.backward(grad)
-    if start < len(layers):
-        first = layers[start]
-        if first.skips_input_grad:   # nothing needs the gradient of the input images
-            first.backward(grad, need_input_grad=False)
-        else:
-            first.backward(grad)
+    # nothing needs the gradient of the input images
+    backward_layers(layers[start:], dscores, need_input_grad=False)
     optimizer.step()
     return loss, scores
 

@@ -1,11 +1,13 @@
 """The lecture's formulas against hand-worked cases, and the text of every impossible configuration."""
 
+import numpy as np
 import pytest
 
 from cnnkit.arithmetic import (ReceptiveField, Window, conv_macs, conv_params, dense_macs, dense_params,
                                batchnorm_params, maxout_params, optimizer_state_count, padding_amounts,
                                prelu_params, unread_rows, window_output_size, windows_2d)
 from cnnkit.errors import CnnkitError, ConfigError
+from cnnkit.layers import Conv2d
 
 
 @pytest.mark.parametrize("h, k, s, p, d, expected", [
@@ -45,7 +47,7 @@ def test_unread_rows_counts_input_rows_no_window_reads():
     assert unread_rows(32, Window(5, 2, 0, 0)) == 1
     assert unread_rows(32, Window(4, 2, 0, 0)) == 0
     assert unread_rows(7, Window(2, 2, 0, 0)) == 1
-    assert unread_rows(11, Window(3, 4, 0, 0)) == 0  # (11 - 3) % 4 == 0
+    assert unread_rows(11, Window(3, 4, 0, 0)) == 2  # rows 3 and 7 fall between windows of 3 every 4
 
 
 def test_strict_division_error_quotes_the_formula():
@@ -111,3 +113,73 @@ def test_receptive_field_recurrence_by_hand():
     assert (field.size, field.jump, field.start) == (11, 4, 5.5)
     dilated = ReceptiveField().through(Window(3, 1, 2, 2, dilation=2))
     assert (dilated.size, dilated.start) == (5, 0.5)
+
+
+# ----------------------------------------------------------------- rows that dilation skips (issue 13)
+
+#: (H, W, K, S, P, D) where dilation (or a long stride) steps over input rows
+SKIPPING = [(11, 11, 3, 4, 1, 2), (14, 14, 5, 2, 2, 2), (17, 14, 4, 4, 1, 2), (17, 18, 4, 3, 1, 2),
+            (16, 11, 3, 4, 1, 2), (9, 19, 5, 3, 1, 2)]
+
+
+def _random_geometries(count: int, seed: int = 0) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        h, w = (int(v) for v in rng.integers(1, 20, 2))
+        k, s, p, d = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(0, 3)), int(rng.integers(1, 4))
+        if min(h, w) + 2 * p >= d * (k - 1) + 1:
+            cases.append((h, w, k, s, p, d))
+    return cases
+
+
+def _brute_force_unread(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Mark every padded position each tap of each window touches; count the input rows never marked."""
+    padded = size + 2 * pad
+    touched = set()
+    origin = 0
+    while origin + dilation * (kernel - 1) < padded:
+        touched.update(origin + tap * dilation for tap in range(kernel))
+        origin += stride
+    return sum(1 for row in range(size) if row + pad not in touched)
+
+
+@pytest.mark.parametrize("h, w, k, s, p, d", SKIPPING + _random_geometries(60))
+def test_unread_rows_counts_every_row_no_tap_reads(h, w, k, s, p, d):
+    for size in (h, w):
+        assert unread_rows(size, Window(k, s, p, p, d)) == _brute_force_unread(size, k, s, p, d)
+
+
+def test_the_issue_example_reads_only_odd_rows():
+    # windows read rows (-1, 1, 3), (3, 5, 7), (7, 9, 11): 0, 2, 4, 6, 8 and 10 are never read
+    assert unread_rows(11, Window(3, 4, 1, 1, 2)) == 6
+    conv = Conv2d(1, 3, stride=4, padding=1, dilation=2)
+    conv.build((11, 11, 1))
+    assert conv.unread() == (6, 6)
+    with pytest.raises(ConfigError, match=r"^conv: no window reads 6 of the 11 input rows along H: window o reads "
+                                          r"rows o\*S - P \+ t\*D for taps t < K, and K=3, S=4, P=1, D=2 step "
+                                          r"over them; change stride, dilation or padding \(or build with "
+                                          r"strict=False to skip them as PyTorch does\)$"):
+        Conv2d(1, 3, stride=4, padding=1, dilation=2, name="conv").build((11, 11, 1), strict=True)
+
+
+@pytest.mark.parametrize("h, w, k, s, p, d", SKIPPING + _random_geometries(20, seed=1))
+def test_unread_rows_are_where_torch_input_gradient_is_zero(h, w, k, s, p, d):
+    torch = pytest.importorskip("torch")
+    x = torch.ones((1, 1, h, w), dtype=torch.float64, requires_grad=True)
+    weight = torch.ones((1, 1, k, k), dtype=torch.float64)
+    torch.nn.functional.conv2d(x, weight, stride=s, padding=p, dilation=d).sum().backward()
+    grad = x.grad[0, 0].numpy()
+    conv = Conv2d(1, k, stride=s, padding=p, dilation=d)
+    conv.build((h, w, 1))
+    assert conv.unread() == (int((grad == 0).all(axis=1).sum()), int((grad == 0).all(axis=0).sum()))
+
+
+@pytest.mark.parametrize("h, w, k, s, p, d", SKIPPING)
+def test_unread_rows_are_where_cnnkit_input_gradient_is_zero(h, w, k, s, p, d):
+    conv = Conv2d(1, k, stride=s, padding=p, dilation=d, use_bias=False)
+    conv.build((h, w, 1))
+    conv.parameters()["weight"].value = np.ones((k, k, 1, 1), np.float32)
+    y = conv.forward(np.ones((1, h, w, 1), np.float32), training=True)
+    grad = conv.backward(np.ones_like(y))[0, :, :, 0]
+    assert conv.unread() == (int((grad == 0).all(axis=1).sum()), int((grad == 0).all(axis=0).sum()))

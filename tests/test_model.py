@@ -115,7 +115,7 @@ def test_dense_needs_a_flat_input():
 
 def test_layer_config_round_trip_and_repr():
     conv = Conv2d(8, 5, stride=2, padding="same", name="c")
-    assert Conv2d(**conv.get_config()).get_config() == conv.get_config()
+    assert Conv2d.from_config(conv.get_config()).get_config() == conv.get_config()
     assert repr(conv) == "Conv2d(filters=8, kernel_size=5, stride=2, padding='same', name='c')"
 
 

@@ -28,18 +28,31 @@ def test_predict_batches_give_the_same_result_as_one_forward():
     assert all(layer._cache is None for layer in model.layers)
 
 
-def test_relu_works_in_place_only_on_arrays_nobody_else_holds():
-    model = cnnkit.Sequential([ReLU(), Conv2d(2, 1), ReLU()], input_shape=(2, 2, 1))
-    assert [layer.inplace for layer in model.layers if hasattr(layer, "inplace")] == [False, True]
+def _spy(monkeypatch, cls, method):
+    """Record the layers whose ``method`` runs (the executor's in-place hand-overs)."""
+    calls = []
+    original = getattr(cls, method)
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.name)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(cls, method, spy)
+    return calls
+
+
+def test_relu_works_in_place_only_on_arrays_nobody_else_holds(monkeypatch):
+    model = cnnkit.Sequential([ReLU(), Conv2d(2, 1), Tanh()], input_shape=(2, 2, 1))
+    owned = _spy(monkeypatch, Tanh, "forward_owned")
     x = -np.ones((1, 2, 2, 1), np.float32)
     model.forward(x)
     assert (x == -1).all()
+    assert owned == ["tanh_1"]           # the convolution's fresh output, not the caller's x
 
 
-def test_relu_overwrites_only_gradients_that_the_layer_after_made_fresh():
+def test_relu_overwrites_only_gradients_that_the_layer_after_made_fresh(monkeypatch):
     model = cnnkit.Sequential([Conv2d(2, 1), ReLU(), Conv2d(2, 1), ReLU(), Flatten(), Dense(3), ReLU()],
                               input_shape=(3, 3, 1))
-    assert [layer.grad_inplace for layer in model.layers if isinstance(layer, ReLU)] == [True, False, False]
+    owned = _spy(monkeypatch, ReLU, "backward_owned")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 3, 1)).astype(np.float32)
     dy = rng.standard_normal((2, 3)).astype(np.float32)
@@ -47,11 +60,13 @@ def test_relu_overwrites_only_gradients_that_the_layer_after_made_fresh():
     model.forward(x, training=True)
     dx = model.backward(dy)
     np.testing.assert_array_equal(dy, original)   # the caller's gradient is never written
-    for relu in model.layers[1::2][:2]:
-        relu.grad_inplace = False
+    assert owned == ["relu_1"]                   # only the gradient the convolution after made
     model.zero_grad()
     model.forward(x, training=True)
-    np.testing.assert_array_equal(model.backward(dy), dx)
+    grad = dy
+    for layer in reversed(model.layers):          # layer by layer: nothing handed over
+        grad = layer.backward(grad)
+    np.testing.assert_array_equal(grad, dx)
 
 
 def test_wrong_channel_count_names_layer_and_shapes():

@@ -121,9 +121,8 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
         _check(state, plan, model, source, top)
     except WeightsError as error:
         raise WeightsError(f"{path} ({source} layout) does not fit {model.name}: {error}") from None
-    _fill(state, plan, model.state_dict())
-    for param in model.parameters().values():
-        param.mark_changed()   # derived caches (Winograd filters) are stale now
+    with model.writable_state() as targets:   # derived caches (Winograd filters) follow
+        _fill(state, plan, targets)
     preprocessing = preprocessing or PREPROCESSING[source]
     if preprocessing is not None:
         model.meta["preprocessing"] = preprocessing

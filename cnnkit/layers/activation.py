@@ -1,12 +1,12 @@
 """Activation layers: elementwise non-linearities, shape in = shape out (maxout excepted).
 
-In place: a layer never modifies the array passed to ``forward`` unless its ``inplace``
-attribute is True (ReLU, LeakyReLU, Sigmoid, Tanh; default False). Setting it is a promise
-by the caller (a ``Sequential``) that nobody else reads that array afterwards: it is a fresh
-output of the layer before, which that layer does not keep in its own cache. Then the
-activation overwrites it and allocates no new volume. Likewise backward writes into ``dy``
-only when ``grad_inplace`` is True: the caller's promise that ``dy`` is a fresh input gradient
-of the layer after, which nobody else reads (ReLU uses it; default False).
+In place: ``forward`` and ``backward`` never modify the arrays passed to them. The executor
+(``Sequential``, ``train_step``: :mod:`cnnkit.layers.fusion`) calls :meth:`Layer.forward_owned`
+instead when the input is a fresh output of the layer before that nobody else reads; then
+ReLU, LeakyReLU, Sigmoid and Tanh overwrite it and allocate no new volume. Likewise
+:meth:`Layer.backward_owned` lets ReLU overwrite a fresh input gradient of the layer after.
+The decision is the caller's, per call: a layer called directly (``model["relu_1"](x)``)
+leaves the caller's arrays alone.
 """
 
 from __future__ import annotations
@@ -28,29 +28,39 @@ class _Elementwise(Layer):
     """An activation computed from its input alone whose backward needs only its output."""
 
     in_place = True
-    #: Overwrite the input array (set only when the caller guarantees nobody else reads it).
-    inplace = False
-    #: Overwrite the output gradient in backward (same promise, for ``dy``).
-    grad_inplace = False
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
-        y = self._apply(x, x if self.inplace else None)
+        return self._forward(x, training, overwrite=False)
+
+    def forward_owned(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The activation computed in ``x``'s own memory (the caller hands ``x`` over)."""
+        return self._forward(x, training, overwrite=True)
+
+    def _forward(self, x: np.ndarray, training: bool, overwrite: bool) -> np.ndarray:
+        x = self.check_input(x)
+        y = self._apply(x, x if overwrite else None)
         self._cache = y if training else None
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self._backward(dy, overwrite=False)
+
+    def backward_owned(self, dy: np.ndarray) -> np.ndarray:
+        return self._backward(dy, overwrite=True)
+
+    def _backward(self, dy: np.ndarray, overwrite: bool) -> np.ndarray:
         y = self.take_cache()
         self.check_grad(dy, y.shape)
-        return self._gradient(dy, y)
+        return self._gradient(dy, y, overwrite)
 
     @abstractmethod
     def _apply(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         """The activation of ``x``, written into ``out`` when given."""
 
     @abstractmethod
-    def _gradient(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The input gradient from the output gradient and the cached output."""
+    def _gradient(self, dy: np.ndarray, y: np.ndarray, overwrite: bool) -> np.ndarray:
+        """The input gradient from the output gradient and the cached output (into ``dy`` when
+        ``overwrite`` and the activation can)."""
 
     def cached_per_sample(self) -> int:
         return self.activations()
@@ -68,9 +78,9 @@ class ReLU(_Elementwise):
     #: The last forward was adopted from a layer that applied this ReLU (see ``adopt_fused``).
     _applied_before = False
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def _forward(self, x: np.ndarray, training: bool, overwrite: bool) -> np.ndarray:
         self._applied_before = False
-        return super().forward(x, training)
+        return super()._forward(x, training, overwrite)
 
     def adopt_fused(self, y: np.ndarray, training: bool) -> np.ndarray:
         self.check_input(y)
@@ -81,10 +91,10 @@ class ReLU(_Elementwise):
     def _apply(self, x, out):
         return relu(x, out)
 
-    def _gradient(self, dy, y):
+    def _gradient(self, dy, y, overwrite):
         if self._applied_before:   # the layer before masks the gradient as it reads it
             return dy
-        return relu_backward(dy, y, out=dy if self.grad_inplace else None)
+        return relu_backward(dy, y, out=dy if overwrite else None)
 
 
 class LeakyReLU(_Elementwise):
@@ -102,7 +112,7 @@ class LeakyReLU(_Elementwise):
     def _apply(self, x, out):
         return leaky_relu(x, self.negative_slope, out)
 
-    def _gradient(self, dy, y):
+    def _gradient(self, dy, y, overwrite):
         return leaky_relu_backward(dy, y, self.negative_slope)
 
 
@@ -126,7 +136,7 @@ class PReLU(Layer):
         return prelu_params(self.input_shape[-1])
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         self._cache = x if training else None  # the slope's gradient needs x itself
         return prelu(x, self._params["alpha"].value)
 
@@ -149,7 +159,7 @@ class Sigmoid(_Elementwise):
     def _apply(self, x, out):
         return sigmoid(x, out)
 
-    def _gradient(self, dy, y):
+    def _gradient(self, dy, y, overwrite):
         return sigmoid_backward(dy, y)
 
 
@@ -159,7 +169,7 @@ class Tanh(_Elementwise):
     def _apply(self, x, out):
         return tanh(x, out)
 
-    def _gradient(self, dy, y):
+    def _gradient(self, dy, y, overwrite):
         return tanh_backward(dy, y)
 
 
@@ -188,7 +198,7 @@ class Maxout(Layer):
         return (*input_shape[:-1], channels // self.pieces)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         y, argmax = maxout(x, self.pieces)
         self._cache = argmax if training else None  # the winning piece per output, one byte each
         return y
@@ -212,7 +222,7 @@ class Softmax(Layer):
     in_place = True
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         y = softmax(x)
         self._cache = y if training else None
         return y

@@ -32,10 +32,10 @@ class Layer(ABC):
     #: allocate no new activation volume; the summary's memory totals skip them.
     in_place = False
     #: The output of forward is a new array the layer keeps no reference to, so the next layer
-    #: may overwrite it (Sequential then lets an activation work in place).
+    #: may overwrite it (the executor then calls the next layer's :meth:`forward_owned`).
     fresh_output = False
-    #: Likewise for the gradient that backward returns (Sequential lets the activation before
-    #: this layer overwrite it).
+    #: Likewise for the gradient that backward returns (the executor then calls the layer
+    #: before's :meth:`backward_owned`).
     fresh_input_grad = False
     #: ``backward(dy, need_input_grad=False)`` skips computing the input gradient (a first layer).
     skips_input_grad = False
@@ -53,6 +53,8 @@ class Layer(ABC):
         self._params: dict[str, Parameter] = {}
         self._buffers: dict[str, np.ndarray] = {}
         self._cache = None
+        #: ``trainable`` from a saved config, applied to the parameters once build creates them
+        self._saved_trainable: bool | dict[str, bool] = True
 
     # ------------------------------------------------------------------ building
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
@@ -64,7 +66,18 @@ class Layer(ABC):
         self.strict = strict
         self.input_shape = shape
         self.output_shape = tuple(self._build(shape, rng if rng is not None else np.random.default_rng()))
+        self._apply_trainable(self._saved_trainable)
         return self.output_shape
+
+    def _apply_trainable(self, trainable: bool | dict[str, bool]) -> None:
+        """Set the parameters' ``trainable`` flags from a config value (one bool, or one per parameter)."""
+        flags = trainable if isinstance(trainable, dict) else {name: trainable for name in self._params}
+        unknown = sorted(set(flags) - set(self._params))
+        if unknown:
+            raise ConfigError(f"{self.label}: trainable names parameters {unknown} the layer does not have; "
+                              f"its parameters are {sorted(self._params)}")
+        for name, flag in flags.items():
+            self._params[name].trainable = flag
 
     def _build(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
         return input_shape
@@ -109,11 +122,26 @@ class Layer(ABC):
         by :meth:`forward_fused`; return it as this layer's output."""
         raise ConfigError(f"{self.label}: is not an activation the layer before can compute")
 
+    def forward_owned(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """:meth:`forward` of an ``x`` the caller hands over: nobody reads it afterwards, so the
+        layer may overwrite it (activations compute in place). Only an executor that knows who
+        holds ``x`` calls this; ``forward`` never writes into its input."""
+        return self.forward(x, training)
+
+    def backward_owned(self, dy: np.ndarray) -> np.ndarray:
+        """:meth:`backward` of a ``dy`` the caller hands over (the layer may overwrite it)."""
+        return self.backward(dy)
+
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
 
-    def check_input(self, x: np.ndarray) -> None:
-        """Raise :class:`ShapeError` unless ``x`` is a batch of this layer's input volume."""
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as the array to compute on; raise :class:`ShapeError` unless it is a non-empty
+        batch of this layer's input volume in a dtype cnnkit computes in.
+
+        float32 and float64 stay as they are; integer arrays (uint8 images) become float32,
+        values unchanged (scale them yourself); other dtypes are refused (see :func:`as_compute_dtype`).
+        """
         if not self.built:
             raise ShapeError(f"{self.label}: call build(input_shape) (or put the layer in a Sequential) "
                              f"before forward")
@@ -122,6 +150,10 @@ class Layer(ABC):
             received = getattr(x, "shape", type(x).__name__)
             raise ShapeError(f"{self.label}: expected input of shape (B, {', '.join(map(str, self.input_shape))})"
                              f"; received {received}")
+        if x.shape[0] == 0:
+            raise ShapeError(f"{self.label}: received an empty batch, input shape {x.shape}; "
+                             f"pass at least one sample")
+        return as_compute_dtype(x, self.label)
 
     def check_grad(self, dy: np.ndarray, expected: tuple[int, ...]) -> None:
         """Raise :class:`ShapeError` unless the gradient ``dy`` has the shape of the last forward's output."""
@@ -143,7 +175,12 @@ class Layer(ABC):
         return dict(self._params)
 
     def buffers(self) -> dict[str, np.ndarray]:
-        """State that is saved with the weights but never learned by gradient (running statistics)."""
+        """State that is saved with the weights but never learned by gradient (running statistics),
+        as read-only views; loaders write through :meth:`writable_buffers`."""
+        return {name: _read_only(value) for name, value in self._buffers.items()}
+
+    def writable_buffers(self) -> dict[str, np.ndarray]:
+        """The buffers themselves, for loaders that fill them in place (``Sequential.load_state_dict``)."""
         return dict(self._buffers)
 
     def param_count(self) -> int:
@@ -173,7 +210,8 @@ class Layer(ABC):
         return field[0].through(windows[0]), field[1].through(windows[1])
 
     def unread(self) -> tuple[int, int]:
-        """Input rows and columns at the bottom/right edge that no window reads."""
+        """Input rows and columns that no window reads: after the last window, or between taps that
+        dilation or a long stride steps over (:func:`cnnkit.arithmetic.unread_rows`)."""
         return 0, 0
 
     def activations(self) -> int:
@@ -190,21 +228,77 @@ class Layer(ABC):
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
-        """Constructor arguments as plain data, enough to rebuild the layer without code."""
+        """Constructor arguments as plain data, and ``trainable`` (Keras style), enough to rebuild
+        the layer without code (:meth:`from_config`).
+
+        ``trainable`` is True or False when every parameter agrees (a layer without parameters:
+        True), else a ``{parameter: bool}`` dict (``model.freeze("fc6.bias")``).
+        """
         config = {}
         for arg in inspect.signature(type(self).__init__).parameters:
             if arg in ("self", "args", "kwargs"):
                 continue
             value = getattr(self, arg)
             config[arg] = list(value) if isinstance(value, tuple) else value
+        config["trainable"] = self._trainable_config()
         return config
+
+    def _trainable_config(self) -> bool | dict[str, bool]:
+        if not self._params:
+            return self._saved_trainable
+        flags = {name: param.trainable for name, param in self._params.items()}
+        return next(iter(flags.values())) if len(set(flags.values())) == 1 else flags
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """The layer :meth:`get_config` describes; ``trainable`` (absent in old files: True) is
+        applied to the parameters when the layer is built."""
+        arguments = dict(config)
+        trainable = arguments.pop("trainable", True)
+        layer = cls(**arguments)
+        layer._saved_trainable = _checked_trainable(trainable, layer.label)
+        return layer
 
     def __repr__(self) -> str:
         defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        defaults["trainable"] = True
         shown = [f"{k}={v!r}" for k, v in self.get_config().items()
                  if k not in defaults or defaults[k] is inspect.Parameter.empty
                  or _differs(v, defaults[k])]
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+#: dtypes layers compute in; an input in another float or in a non-number dtype is refused
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_compute_dtype(x: np.ndarray, label: str) -> np.ndarray:
+    """``x`` in a dtype layers compute in: float32 and float64 as they are (no copy), integer
+    arrays as float32 (a uint8 image computed in uint8 would wrap around); float16, bool, complex,
+    strings and objects raise :class:`ShapeError` with the fix."""
+    if x.dtype in COMPUTE_DTYPES:
+        return x
+    if x.dtype.kind in "iu":
+        return x.astype(np.float32)
+    raise ShapeError(f"{label}: cannot compute on an input of dtype {x.dtype}; cnnkit layers compute in "
+                     f"float32 or float64 (integer images are converted to float32); convert it first, "
+                     f"e.g. x.astype(np.float32)")
+
+
+def _checked_trainable(trainable, label: str) -> bool | dict[str, bool]:
+    """A config's ``trainable``: a bool, or a dict of parameter names to bools."""
+    if isinstance(trainable, bool):
+        return trainable
+    if isinstance(trainable, dict) and all(isinstance(k, str) and isinstance(v, bool) for k, v in trainable.items()):
+        return dict(trainable)
+    raise ConfigError(f"{label}: trainable must be true, false or a mapping of parameter names to booleans; "
+                      f"received trainable={trainable!r}")
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _differs(value, default) -> bool:

@@ -144,7 +144,7 @@ class Conv2d(Layer):
         return self._forward(x, training, relu=True)
 
     def _forward(self, x: np.ndarray, training: bool, relu: bool) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         weight = self._params["weight"]
         bias = self._params["bias"].value if self.use_bias else None
         algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm)

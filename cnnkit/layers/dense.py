@@ -59,7 +59,7 @@ class Flatten(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """A view of ``x`` when it is contiguous (the usual case), else a copy; nothing is cached."""
-        self.check_input(x)
+        x = self.check_input(x)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ class Dense(Layer):
         return dense_macs(self.input_shape[0], self.units)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         bias = self._params.get("bias")
         self._cache = x if training else None  # the weight's gradient needs the input
         return linear(x, self._params["weight"].value, None if bias is None else bias.value)
@@ -142,7 +142,7 @@ class Dropout(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Inference returns ``x`` itself (no copy); training returns a new, masked and scaled array."""
-        self.check_input(x)
+        x = self.check_input(x)
         if not training:
             self._cache = None
             return x

@@ -23,7 +23,8 @@ class BatchNorm2d(Layer):
     Works on volumes ``(B, H, W, C)`` and on vectors ``(B, C)``.
 
     Frozen statistics (fine-tuning with batch norm "frozen", as in ``model.eval()`` for BN
-    only): set ``layer.frozen_stats = True``. Then ``forward(x, training=True)`` normalises
+    only): ``frozen_stats=True``, or set ``layer.frozen_stats = True`` (saved with the
+    architecture either way). Then ``forward(x, training=True)`` normalises
     with the running statistics, leaves them unchanged, and caches what :meth:`backward`
     needs; the layer is the affine map ``x * gamma / sqrt(running_var + eps) + shift`` and
     ``gamma``/``beta`` still learn unless frozen themselves. ``forward(x, training=False)``
@@ -32,17 +33,20 @@ class BatchNorm2d(Layer):
 
     fresh_output = True
 
-    #: Use the running statistics (and keep them fixed) even in a training forward.
-    frozen_stats = False
-
-    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: str | None = None):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, frozen_stats: bool = False,
+                 name: str | None = None):
         super().__init__(name)
         for argument, value in (("momentum", momentum), ("eps", eps)):
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{name or 'BatchNorm2d'}: {argument} must be a number in [0, 1]; "
                                   f"received {argument}={value!r}")
+        if not isinstance(frozen_stats, bool):
+            raise ConfigError(f"{name or 'BatchNorm2d'}: frozen_stats must be True or False; "
+                              f"received frozen_stats={frozen_stats!r}")
         self.momentum = float(momentum)
         self.eps = float(eps)
+        #: Use the running statistics (and keep them fixed) even in a training forward.
+        self.frozen_stats = frozen_stats
 
     def _build(self, input_shape, rng):
         channels = input_shape[-1]
@@ -58,7 +62,7 @@ class BatchNorm2d(Layer):
         return batchnorm_params(self.input_shape[-1])[0]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.check_input(x)
+        x = self.check_input(x)
         gamma, beta = self._params["weight"].value, self._params["bias"].value
         mean, var = self._buffers["running_mean"], self._buffers["running_var"]
         self._cache = None

@@ -28,10 +28,12 @@ class _Pool2d(Layer):
         stride = self.pool_size if self.stride is None else self.stride
         self._windows = windows_2d((h, w), self.pool_size, stride, self.padding, 1, self.label)
         for win in self._windows:
-            if max(win.pad_before, win.pad_after) > win.kernel // 2:
+            # P < K puts at least one input pixel in every window (ONNX's pools accept any P, but
+            # leave the max or mean of a window made only of padding undefined)
+            if max(win.pad_before, win.pad_after) >= win.kernel:
                 raise ConfigError(
-                    f"{self.label}: padding must be at most half the pool size (K//2 = {win.kernel // 2}), "
-                    f"or a window could see only padding; received padding={self.padding!r}")
+                    f"{self.label}: padding must be smaller than the pool size (P < K = {win.kernel}), or a "
+                    f"window would see only padding; received padding={self.padding!r}; lower padding")
         out = tuple(window_output_size(size, win, self.label, axis, self.strict)
                     for size, win, axis in zip((h, w), self._windows, "HW"))
         return (*out, c)
@@ -48,7 +50,8 @@ class MaxPool2d(_Pool2d):
 
     Args:
         pool_size: K, an int or a pair. stride: S, defaults to K. padding: as in :class:`Conv2d`,
-        at most K//2.
+        less than K (as ONNX's MaxPool: the max of the input pixels each window sees; every
+        window sees at least one).
 
     Output ``H2 = floor((H + 2P - K)/S) + 1``, the lecture's ``(H - K)/S + 1`` without padding.
     """
@@ -58,7 +61,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``(B, H, W, C) -> (B, H2, W2, C)``; in training, keep which tap won each window."""
-        self.check_input(x)
+        x = self.check_input(x)
         y, winners = max_pool2d(x, self._windows, with_indices=training)
         self._cache = (winners, x.shape) if training else None
         return y
@@ -74,7 +77,8 @@ class AvgPool2d(_Pool2d):
     """Average pooling: the mean over each K x K window.
 
     ``count_include_pad=False`` (default) divides by the number of real input pixels in the
-    window, ``True`` always by K*K (PyTorch's two conventions).
+    window, ``True`` always by K*K (PyTorch's and ONNX's two conventions). Padding is less
+    than K, so every window sees at least one input pixel.
     """
 
     def __init__(self, pool_size=2, stride=None, padding=0, count_include_pad: bool = False,
@@ -84,7 +88,7 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``(B, H, W, C) -> (B, H2, W2, C)``; backward needs only the input shape."""
-        self.check_input(x)
+        x = self.check_input(x)
         y = avg_pool2d(x, self._windows, self.count_include_pad)
         self._cache = x.shape if training else None
         return y
@@ -115,7 +119,7 @@ class GlobalAvgPool2d(_GlobalPool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The mean of each channel; backward needs only the input shape."""
-        self.check_input(x)
+        x = self.check_input(x)
         self._cache = x.shape if training else None
         return global_avg_pool2d(x)
 
@@ -134,7 +138,7 @@ class GlobalMaxPool2d(_GlobalPool2d):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The max of each channel; in training, keep where each maximum was."""
-        self.check_input(x)
+        x = self.check_input(x)
         y, positions = global_max_pool2d(x, with_indices=training)
         self._cache = (positions, x.shape) if training else None
         return y

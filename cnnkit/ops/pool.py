@@ -247,5 +247,5 @@ def _inverse_counts(shape: tuple[int, ...], windows: Windows, count_include_pad:
         return np.asarray(1.0 / (kh * kw), dtype=dtype)
     ones = np.ones((1, *shape[1:3], 1), dtype=dtype)
     counts = windowed_view(pad(ones, windows), windows).sum(axis=(3, 4))
-    # a window made only of padding would divide by zero; the layers forbid it (padding <= K//2)
+    # a window made only of padding would divide by zero; the layers forbid it (padding < K)
     return (1.0 / np.maximum(counts, 1)).astype(dtype, copy=False)

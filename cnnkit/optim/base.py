@@ -71,8 +71,9 @@ class Optimizer(ABC):
         """Validate a full or partial set of hyper-parameters (not lr); names get ``prefix``."""
 
     @abstractmethod
-    def _update(self, param: Parameter, state: dict[str, Any], hyper: Mapping[str, Any]) -> None:
-        """Apply one update to ``param.value`` in place from ``param.grad``."""
+    def _update(self, value: np.ndarray, grad: np.ndarray, state: dict[str, Any],
+                hyper: Mapping[str, Any]) -> None:
+        """Apply one update to ``value`` (the parameter's writable array) in place from ``grad``."""
 
     # -- configuration ---------------------------------------------------------------------
     def _check_group(self, index: int, spec: GroupSpec) -> dict[str, Any]:
@@ -211,8 +212,8 @@ class Optimizer(ABC):
         hypers.append(self.group_hyper())  # index -1: the default group
         for name, param in live.items():
             hyper = hypers[self._group_of.get(name, -1)]
-            self._update(param, self._state.setdefault(name, {}), hyper)
-            param.mark_changed()
+            with param.writing() as value:   # the one write route: the version moves on
+                self._update(value, param.grad, self._state.setdefault(name, {}), hyper)
 
     def zero_grad(self) -> None:
         """Forget the gradients of all bound parameters."""

@@ -1,8 +1,8 @@
 """SGD (momentum, Nesterov, L2 weight decay), Adam and AdamW, with torch.optim's update rules.
 
-Every update works in place on ``param.value`` (training loops may hold references to it)
-and in the parameter's dtype. Shared machinery (binding, groups, clipping, state dicts) is in
-:mod:`cnnkit.optim.base`.
+Every update works in place on the parameter's array, through ``Parameter.writing`` (training
+loops may hold ``param.value``, a read-only view of it), and in the parameter's dtype. Shared
+machinery (binding, groups, clipping, state dicts) is in :mod:`cnnkit.optim.base`.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ class SGD(Optimizer):
         for hyper, new in zip(hypers, checked):
             hyper.update(new)
 
-    def _update(self, param: Parameter, state: dict[str, Any], hyper: Mapping[str, Any]) -> None:
-        grad, value = param.grad, param.value
+    def _update(self, value: np.ndarray, grad: np.ndarray, state: dict[str, Any],
+                hyper: Mapping[str, Any]) -> None:
         if hyper["weight_decay"]:
             grad = grad + value.dtype.type(hyper["weight_decay"]) * value
         momentum = hyper["momentum"]
@@ -158,8 +158,8 @@ class Adam(Optimizer):
         for hyper, betas in zip(hypers, checked):
             hyper["betas"] = betas
 
-    def _update(self, param: Parameter, state: dict[str, Any], hyper: Mapping[str, Any]) -> None:
-        grad, value = param.grad, param.value
+    def _update(self, value: np.ndarray, grad: np.ndarray, state: dict[str, Any],
+                hyper: Mapping[str, Any]) -> None:
         dtype = value.dtype.type
         lr, weight_decay = hyper["lr"], hyper["weight_decay"]
         beta1, beta2 = hyper["betas"]

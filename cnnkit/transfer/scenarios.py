@@ -80,10 +80,8 @@ def features(model: Sequential, train, layer: str | None = None, l2: float = 1e-
     classifier = fit_linear(table, labels_of(data), len(names), l2=l2, steps=steps, lr=lr, seed=seed)
     net = compose(truncate(model, layer), [Dense(len(names), name="head"), Softmax(name="prob")])
     head = net["head"].parameters()
-    head["weight"].value[...] = classifier.weight
-    head["bias"].value[...] = classifier.bias
-    head["weight"].mark_changed()
-    head["bias"].mark_changed()
+    head["weight"].value = classifier.weight
+    head["bias"].value = classifier.bias
     net.meta["class_names"] = names
     net.meta["transfer"] = {"scenario": "features", "layer": layer, "source": model.name, "l2": l2}
     return net
@@ -113,9 +111,9 @@ def finetune(model: Sequential, train, layer: str | None = None, epochs: int = 1
     net = with_new_head(model, len(names), seed=seed, class_names=names)
     cut = cut_index(net, layer)
     head = net.layers[head_index(net)].name
-    for block in net.layers[:cut + 1]:
-        if isinstance(block, BatchNorm2d):
-            block.frozen_stats = True
+    for position, block in enumerate(net.layers):
+        if isinstance(block, BatchNorm2d):   # the source's own flags are replaced by this cut
+            block.frozen_stats = position <= cut
     options = dict(batch_size=batch_size, validation=validation, seed=seed, verbose=verbose)
     if head_epochs > 0:
         net.freeze()

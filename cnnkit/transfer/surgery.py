@@ -1,7 +1,9 @@
 """Model surgery for transfer learning: copy, cut at a named layer, new head, re-initialise.
 
 Every function returns a new :class:`~cnnkit.model.Sequential` rebuilt from the source's
-architecture data (``get_config``), so the source model is never modified.
+architecture data (``get_config``), so the source model is never modified. That data carries
+each layer's ``trainable`` flags and batch norm's ``frozen_stats``, so copies keep what is
+frozen; a new classifier is trainable, and :func:`reinitialised` starts every layer afresh.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def _new_head_configs(model: Sequential, num_classes: int) -> tuple[list[dict], 
     configs = layer_configs(model)
     head = head_index(model)
     configs[head]["config"]["units"] = int(num_classes)
+    configs[head]["config"]["trainable"] = True   # a new classifier learns, whatever the old one did
     if not isinstance(model.layers[-1], Softmax):
         configs.append({"class": "Softmax", "config": {"name": _free_name(model, "prob")}})
     return configs, model.layers[head].name
@@ -105,9 +108,14 @@ def with_new_head(model: Sequential, num_classes: int, seed: int = 0,
 
 def reinitialised(model: Sequential, num_classes: int, seed: int = 0,
                   class_names: list[str] | None = None) -> Sequential:
-    """The same architecture (with a ``num_classes`` classifier), every weight drawn anew from ``seed``."""
+    """The same architecture (with a ``num_classes`` classifier), every weight drawn anew from ``seed``,
+    every layer trainable and batch norm learning its statistics: a model to train from scratch."""
     _check_classes(num_classes)
     configs, _ = _new_head_configs(model, num_classes)
+    for entry in configs:
+        entry["config"]["trainable"] = True
+        if "frozen_stats" in entry["config"]:
+            entry["config"]["frozen_stats"] = False
     clone = copy_model(model, configs, seed=seed, keep_weights=False)
     _set_classes(clone, num_classes, class_names)
     return clone

@@ -36,7 +36,7 @@ GRADCHECK_CASES = [  # input (H, W, C), filters, kernel, stride, padding, dilati
 def test_conv2d_gradients_match_finite_differences(shape, filters, kernel, stride, padding, dilation):
     layer = Conv2d(filters, kernel, stride, padding, dilation)
     layer.build(shape, np.random.default_rng(0))
-    layer.parameters()["bias"].value[:] = np.random.default_rng(1).standard_normal(filters)
+    layer.parameters()["bias"].value = np.random.default_rng(1).standard_normal(filters).astype(np.float32)
     x = np.random.default_rng(2).standard_normal((2, *shape))
     result = cnnkit.gradcheck(layer, x, max_entries=150)
     assert result.max_error < 1e-6, result.errors
@@ -162,7 +162,7 @@ def test_fused_relu_is_configured_like_keras_and_protects_its_output():
                                           r"activation='tanh'; put other activations in a layer of their own$"):
         Conv2d(4, 3, activation="tanh", name="conv1").build((6, 5, 3))
     model = cnnkit.Sequential([Conv2d(4, 3, padding=1, activation="relu"), Sigmoid()], input_shape=(6, 5, 3))
-    assert model.layers[0].init_scheme == "glorot" and model.layers[1].inplace is False
+    assert model.layers[0].init_scheme == "glorot" and model.layers[0].fresh_output is False
     assert model.layers[0].get_config()["activation"] == "relu"
     rebuilt = cnnkit.Sequential.from_config(model.get_config())
     assert rebuilt.layers[0].activation == "relu"

@@ -30,7 +30,7 @@ def test_dense_matches_torch_linear_with_all_gradients(batch, fan_in, units, see
     layer = _built(Dense(units, use_bias=use_bias), (fan_in,))
     params = layer.parameters()
     if use_bias:
-        params["bias"].value[:] = rng.standard_normal(units)
+        params["bias"].value = rng.standard_normal(units).astype(np.float32)
     x = rng.standard_normal((batch, fan_in)).astype(np.float32)
     dy = rng.standard_normal((batch, units)).astype(np.float32)
     xt = torch.tensor(x, requires_grad=True)

@@ -23,10 +23,10 @@ def _layer(shape, seed=0, momentum=0.1, eps=1e-5):
     layer.build(shape, np.random.default_rng(0))
     rng = np.random.default_rng(seed)
     c = shape[-1]
-    layer.parameters()["weight"].value[:] = rng.uniform(0.5, 1.5, c)
-    layer.parameters()["bias"].value[:] = rng.standard_normal(c)
-    layer.buffers()["running_mean"][:] = rng.standard_normal(c)
-    layer.buffers()["running_var"][:] = rng.uniform(0.5, 2.0, c)
+    layer.parameters()["weight"].value = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    layer.parameters()["bias"].value = rng.standard_normal(c).astype(np.float32)
+    layer.writable_buffers()["running_mean"][:] = rng.standard_normal(c)
+    layer.writable_buffers()["running_var"][:] = rng.uniform(0.5, 2.0, c)
     return layer
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ConfigError, ShapeError
 from cnnkit.layers import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 
 
@@ -26,6 +26,9 @@ POOL_CASES = [  # input (H, W, C), pool_size, stride, padding
     ((10, 8, 1), 3, 3, 1),
     ((9, 9, 1), 5, 2, 2),
     ((9, 11, 1), 7, 2, 3),
+    ((4, 4, 2), 3, 1, 2),           # padding above K//2, as ONNX allows (issue 13)
+    ((7, 6, 1), 3, 2, 2),
+    ((6, 5, 1), 4, 3, 3),
 ]
 
 
@@ -108,3 +111,22 @@ def test_wrong_input_shape_names_the_layer_and_both_shapes(kind, bad_shape):
     with pytest.raises(ShapeError) as info:
         layer.forward(np.zeros(bad_shape, np.float32))
     assert str(info.value) == f"pool1: expected input of shape (B, 8, 6, 3); received {bad_shape}"
+
+
+@pytest.mark.parametrize("layer_type", [MaxPool2d, AvgPool2d])
+def test_padding_above_half_the_pool_is_supported_as_onnx_defines_it(layer_type):
+    layer = layer_type(3, stride=1, padding=2)
+    assert layer.build((4, 4, 1)) == (6, 6, 1)        # (4 + 2*2 - 3)/1 + 1
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    y = layer.forward(x)[0, :, :, 0]
+    if layer_type is MaxPool2d:                        # the corner window sees only x[0, 0]
+        assert y[0, 0] == 0 and y[5, 5] == 15 and y[0, 5] == 3
+    else:                                              # mean of the input pixels it sees
+        assert y[0, 0] == 0 and y[5, 5] == 15 and y[1, 1] == np.mean([0, 1, 4, 5])
+
+
+@pytest.mark.parametrize("layer_type", [MaxPool2d, AvgPool2d])
+def test_padding_as_large_as_the_pool_is_refused(layer_type):
+    with pytest.raises(ConfigError, match=r"^pool: padding must be smaller than the pool size \(P < K = 3\), or "
+                                          r"a window would see only padding; received padding=3; lower padding$"):
+        layer_type(3, stride=1, padding=3, name="pool").build((5, 5, 1))

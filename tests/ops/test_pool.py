@@ -89,6 +89,12 @@ POOL_CASES = [  # (H, W), kernel, stride, padding, dilation
     ((10, 8), 3, 3, 1, 1),
     ((9, 11), 3, 2, 0, 2),          # dilated (ops only; the layers have no dilation)
     ((8, 8), 5, 2, 2, 1),
+    # padding above K//2, as ONNX allows (issue 13): every window still sees an input pixel
+    ((4, 4), 3, 1, 2, 1),
+    ((7, 6), 3, 2, 2, 1),
+    ((5, 6), (2, 3), 1, (1, 2), 1),
+    ((6, 5), 4, 3, 3, 1),
+    ((1, 1), 3, 1, 2, 1),
 ]
 
 
@@ -178,6 +184,46 @@ def test_pool_outputs_and_gradients_keep_the_input_dtype(dtype):
     assert global_avg_pool2d(x).dtype == dtype and global_max_pool2d(x)[0].dtype == dtype
 
 
+# ----------------------------------------------------------------- ONNX oracle (padding above K//2)
+
+#: ONNX's reference MaxPool fails (an empty window) when the two axes are padded differently, a
+#: case the loop reference above covers
+LARGE_PADDING = [((4, 4), 3, 1, 2), ((7, 6), 3, 2, 2), ((6, 5), 4, 3, 3), ((3, 8), (3, 4), (1, 2), 2)]
+
+
+def _onnx_pool(op, x, windows, **attributes):
+    """Run ONNX's reference evaluator's ``op`` (MaxPool, AveragePool) on NHWC ``x``."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+    wh, ww = windows
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=[wh.kernel, ww.kernel],
+                            strides=[wh.stride, ww.stride],
+                            pads=[wh.pad_before, ww.pad_before, wh.pad_after, ww.pad_after], **attributes)
+    b, h, w, c = x.shape
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [b, c, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    y = ReferenceEvaluator(model).run(None, {"x": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+    return y.transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", LARGE_PADDING)
+def test_max_pool_with_large_padding_matches_onnx(size, kernel, stride, padding):
+    windows = windows_2d(size, kernel, stride, padding, 1, "t")
+    x = np.random.default_rng(3).standard_normal((2, *size, 3))
+    np.testing.assert_array_equal(max_pool2d(x, windows)[0], _onnx_pool("MaxPool", x, windows))
+
+
+@pytest.mark.parametrize("count_include_pad", [False, True])
+@pytest.mark.parametrize("size, kernel, stride, padding", LARGE_PADDING)
+def test_avg_pool_with_large_padding_matches_onnx(size, kernel, stride, padding, count_include_pad):
+    windows = windows_2d(size, kernel, stride, padding, 1, "t")
+    x = np.random.default_rng(4).standard_normal((2, *size, 3))
+    want = _onnx_pool("AveragePool", x, windows, count_include_pad=int(count_include_pad))
+    np.testing.assert_allclose(avg_pool2d(x, windows, count_include_pad), want, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------- torch oracle
 
 @st.composite
@@ -187,7 +233,7 @@ def pool_cases(draw):
     padding = draw(st.one_of(st.integers(0, 2), st.just("same")))
     size = (draw(st.integers(1, 10)), draw(st.integers(1, 10)))
     windows = windows_2d(size, kernel, stride, padding, 1, "t")
-    # the pooling layers' rule (as torch's): padding at most half the window
+    # torch's rule: padding at most half the window (larger padding: the ONNX oracle above)
     assume(all(max(w.pad_before, w.pad_after) <= w.kernel // 2 for w in windows))
     assume(all(s + w.pad_before + w.pad_after >= w.kernel for s, w in zip(size, windows)))
     return (draw(st.integers(1, 3)), *size, draw(st.integers(1, 4))), windows

@@ -95,8 +95,10 @@ def test_cached_filters_follow_weight_changes():
     x = np.random.default_rng(1).standard_normal((2, 8, 8, 16)).astype(np.float32)
     first = layer.forward(x)
     weight = layer.parameters()["weight"]
-    weight.value *= 2           # written in place: stale until marked
-    weight.mark_changed()
+    with pytest.raises(ValueError, match="read-only"):
+        weight.value *= 2       # a read-only view: an in-place write cannot bypass the version
+    with weight.writing() as array:
+        array *= 2
     np.testing.assert_allclose(layer.forward(x), 2 * first, rtol=1e-5, atol=1e-5)
     weight.value = np.zeros_like(weight.value)   # assigned: noticed by itself
     np.testing.assert_array_equal(layer.forward(x), np.zeros_like(first))

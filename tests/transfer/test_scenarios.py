@@ -33,9 +33,10 @@ def test_train_step_runs_frozen_prefix_in_inference_mode(pretrained, halves):
     net.freeze(up_to="pool2")
     calls = []
     for layer in net.layers:
-        original = layer.forward
-        layer.forward = (lambda f, n: lambda x, training=False: (calls.append((n, training)), f(x, training))[1])(
-            original, layer.name)
+        for method in ("forward", "forward_owned"):   # the executor hands fresh arrays to forward_owned
+            original = getattr(layer, method)
+            setattr(layer, method, (lambda f, n: lambda x, training=False: (calls.append((n, training)),
+                                                                             f(x, training))[1])(original, layer.name))
     from cnnkit.optim import SGD
     from cnnkit.train import train_step
     optimizer = SGD(lr=0.01)
@@ -69,7 +70,8 @@ def test_features_second_run_reads_the_cache_and_changes_recompute(pretrained, h
     transfer.features(pretrained, data, layer="pool1", cache_dir=tmp_path)
     assert calls == ["pool1"]                                       # another layer: computed
     changed = transfer.with_new_head(pretrained, 5)
-    changed["conv1_1"].parameters()["weight"].value[0, 0, 0, 0] += 1e-3
+    with changed["conv1_1"].parameters()["weight"].writing() as weight:
+        weight[0, 0, 0, 0] += 1e-3
     calls.clear()
     transfer.features(changed, data, layer="pool2", cache_dir=tmp_path)
     assert calls == ["pool2"]                                       # another model: computed
