@@ -193,7 +193,7 @@ LARGE_PADDING = [((4, 4), 3, 1, 2), ((7, 6), 3, 2, 2), ((6, 5), 4, 3, 3), ((3, 8
 
 def _onnx_pool(op, x, windows, **attributes):
     """Run ONNX's reference evaluator's ``op`` (MaxPool, AveragePool) on NHWC ``x``."""
-    pytest.importorskip("onnx")
+    pytest.importorskip("onnx", reason="onnx is not installed; ONNX's reference evaluator is a test-only oracle: pip install onnx (or make test)")
     from onnx import TensorProto, helper
     from onnx.reference import ReferenceEvaluator
     wh, ww = windows
