@@ -74,22 +74,40 @@ _TORCH_DTYPE_NAMES = {name: name for name in STORAGE_DTYPES} | {
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
+class _Sealed:
+    """Refuse the pickle BUILD opcode on the records this module hands to a pickle.
+
+    ``frozen=True`` stops ``setattr``, but BUILD with a dict state writes straight into the
+    instance ``__dict__``; a pickle could then rebuild a tensor that passes every check and
+    change its stride or offset afterwards. BUILD calls ``__setstate__`` when a class has
+    one, so this one refuses.
+    """
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise ValueError(
+            f"the pickle tries to change a {type(self).__name__} after building it "
+            "(BUILD opcode); torch.save never does this"
+        )
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_Sealed):
     """Stand-in for a ``torch.*Storage`` class: only its element dtype matters."""
 
     dtype: str
 
 
 @dataclass(frozen=True)
-class TorchDType:
+class TorchDType(_Sealed):
     """Stand-in for a ``torch.dtype`` object such as ``torch.float16``."""
 
     name: str
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_Sealed):
     """A storage a pickle refers to: its key in the file, element dtype and element count.
 
     ``base`` is the element offset of a storage *view* (very old legacy files only) into
@@ -103,7 +121,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_Sealed):
     """A tensor a pickle asked to rebuild: a strided window on a storage, not yet read."""
 
     storage: StorageRef
@@ -157,12 +175,12 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     return data
 
 
-class _StandIn:
+class _StandIn(_Sealed):
     """A callable handed to the pickle in place of a torch function.
 
-    A fresh one is made per lookup and it has no ``__dict__``, so a pickle that tries to
-    BUILD (set attributes) on what it received cannot alter state shared with later loads,
-    as it could on a plain module-level function (``__defaults__`` and the like).
+    A fresh one is made per lookup, it has no ``__dict__`` and refuses BUILD, so a pickle
+    cannot alter state shared with later loads, as it could on a plain module-level
+    function (``__defaults__`` and the like), nor swap the function it calls.
     """
 
     __slots__ = ("_func",)

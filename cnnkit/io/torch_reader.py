@@ -46,6 +46,22 @@ _PICKLE_PROTO = 0x80
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # zip local file header, 30 bytes
 _NESTING_KEYS = ("state_dict", "model")
 
+# Limits on what a file can make the reader do. Real state dicts nest a few levels and
+# hold at most some 10^5 entries; real names are well under 300 characters.
+MAX_DEPTH = 32
+MAX_ENTRIES = 1_000_000
+MAX_NAME_LENGTH = 4096
+# A DEFLATE entry may inflate to at most this many times its compressed size (plus a
+# MiB): weights compress about 1.1:1, so only crafted files come near it.
+MAX_INFLATE_RATIO = 100
+# The returned arrays may take at most this many times the file's size (plus 64 MiB):
+# bfloat16 widening doubles, and tied weights come out once per name.
+MAX_OUTPUT_RATIO = 8
+# A view with zero or overlapping strides (tensor.expand) may repeat its storage's elements
+# into at most this many bytes: larger ones make gigabytes out of a few bytes of file.
+MAX_EXPANDED_BYTES = 1 << 20
+_SLACK_BYTES = {"inflate": 1 << 20, "output": 64 << 20}
+
 
 def read_torch(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read the state dict of a PyTorch checkpoint as ``{name: array}``.
@@ -84,8 +100,13 @@ def read_torch(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     f"{source} is not a PyTorch checkpoint: it starts with {head!r}, expected "
                     "a zip archive (torch.save) or a pickle (legacy torch.save)"
                 )
-        except (WeightsError, MemoryError):
+        except WeightsError:
             raise
+        except MemoryError:
+            raise WeightsError(
+                f"{source}: not enough memory to read it; the limits checked before "
+                "allocating passed, so the checkpoint is genuinely this large"
+            ) from None
         except Exception as exc:  # any parse failure of untrusted bytes is a bad file
             raise WeightsError(
                 f"{source} is not a readable PyTorch checkpoint (truncated or corrupted?): "
@@ -107,8 +128,8 @@ def _read_zip(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
         ) from None
     with archive:
         prefix = _zip_prefix(archive, source)
-        byteorder = _zip_byteorder(archive, prefix)
-        with archive.open(f"{prefix}/data.pkl") as pickled:
+        byteorder = _zip_byteorder(archive, prefix, source)
+        with _open_member(archive, f"{prefix}/data.pkl", source) as pickled:
             unpickler = RestrictedUnpickler(pickled, str(source))
             obj = unpickler.load()
         refs = _select_state_dict(obj, source)
@@ -117,6 +138,46 @@ def _read_zip(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
             return _read_zip_member(archive, handle, f"{prefix}/data/{key}", nbytes, source)
 
         return _materialize_all(refs, _storages_in_order(refs), read_storage, byteorder, source)
+
+
+def _open_member(archive: zipfile.ZipFile, name: str, source: Path) -> BinaryIO:
+    """Open a zip entry after checking that what it declares fits the file."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise WeightsError(f"{source} is corrupted: record {name} is missing") from None
+    _check_entry(info, source)
+    return archive.open(info)
+
+
+def _check_entry(info: zipfile.ZipInfo, source: Path) -> None:
+    """Refuse entries whose sizes the file cannot justify, before anything is inflated.
+
+    zipfile stops inflating at the declared ``file_size``, so bounding that by the
+    compressed size bounds the memory an entry can cost.
+    """
+    on_disk = os.path.getsize(source)
+    if info.header_offset + info.compress_size > on_disk:
+        raise WeightsError(
+            f"{source} is truncated or corrupted: zip entry {info.filename} claims "
+            f"{info.compress_size} bytes at offset {info.header_offset}, past the end of the "
+            f"{on_disk}-byte file"
+        )
+    if info.compress_type == zipfile.ZIP_STORED:
+        return
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise WeightsError(
+            f"{source}: zip entry {info.filename} uses compression method "
+            f"{info.compress_type}; cnnkit reads stored or DEFLATE entries only (torch.save "
+            "writes stored entries: save the checkpoint again with torch.save)"
+        )
+    limit = MAX_INFLATE_RATIO * info.compress_size + _SLACK_BYTES["inflate"]
+    if info.file_size > limit:
+        raise WeightsError(
+            f"{source}: zip entry {info.filename} would inflate {info.compress_size} bytes "
+            f"to {info.file_size}, more than the {MAX_INFLATE_RATIO}:1 cnnkit accepts "
+            "(a zip bomb?); save the checkpoint again with torch.save, which does not compress"
+        )
 
 
 def _zip_prefix(archive: zipfile.ZipFile, source: Path) -> str:
@@ -133,11 +194,11 @@ def _zip_prefix(archive: zipfile.ZipFile, source: Path) -> str:
     raise WeightsError(f"{source} is a zip archive but not a torch checkpoint: no data.pkl inside")
 
 
-def _zip_byteorder(archive: zipfile.ZipFile, prefix: str) -> str:
-    try:
-        order = archive.read(f"{prefix}/byteorder").decode("ascii").strip()
-    except KeyError:  # files from before the record existed are little-endian
-        return "little"
+def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, source: Path) -> str:
+    if f"{prefix}/byteorder" not in archive.NameToInfo:
+        return "little"  # files from before the record existed are little-endian
+    with _open_member(archive, f"{prefix}/byteorder", source) as record:
+        order = record.read(16).decode("ascii").strip()
     if order not in ("little", "big"):
         raise ValueError(f"byteorder record is {order!r}, expected 'little' or 'big'")
     return order
@@ -154,9 +215,10 @@ def _read_zip_member(archive: zipfile.ZipFile, handle: BinaryIO, name: str, nbyt
             f"{source} is corrupted: storage record {name} holds {info.file_size} bytes, "
             f"its tensors need {nbytes}"
         )
+    _check_entry(info, source)
     if info.compress_type != zipfile.ZIP_STORED:
-        # torch never compresses, but a re-zipped file may be; this path costs one extra copy.
-        return np.frombuffer(archive.read(name), dtype=np.uint8, count=nbytes).copy()
+        # torch never compresses, but a re-zipped file may be: inflate only what is needed.
+        return _inflate_exactly(archive, info, nbytes, source)
     # Read the stored bytes straight into the destination buffer: zipfile would first
     # build a bytes object of the whole record and double the memory of big layers.
     handle.seek(info.header_offset)
@@ -166,6 +228,25 @@ def _read_zip_member(archive: zipfile.ZipFile, handle: BinaryIO, name: str, nbyt
     name_len, extra_len = header[9], header[10]
     handle.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
     return _read_exactly(handle, nbytes, name, source)
+
+
+def _inflate_exactly(archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int,
+                     source: Path) -> np.ndarray:
+    buffer = np.empty(nbytes, dtype=np.uint8)
+    view, got = memoryview(buffer), 0
+    with archive.open(info) as member:
+        while got < nbytes:
+            chunk = member.read(min(1 << 20, nbytes - got))
+            if not chunk:
+                break
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+    if got != nbytes:
+        raise WeightsError(
+            f"{source} is truncated: storage record {info.filename} inflates to {got} bytes, "
+            f"its tensors need {nbytes}"
+        )
+    return buffer
 
 
 # ------------------------------------------------------------------------ legacy format
@@ -234,6 +315,12 @@ def _legacy_offsets(handle: BinaryIO, keys: list[str], storages: dict[str, Stora
 
 
 def _read_exactly(handle: BinaryIO, nbytes: int, what: str, source: Path) -> np.ndarray:
+    left = os.fstat(handle.fileno()).st_size - handle.tell()
+    if nbytes > left:  # checked before allocating: the file must hold what it declares
+        raise WeightsError(
+            f"{source} is truncated: {what} needs {nbytes} bytes, only {max(left, 0)} are "
+            "left in the file"
+        )
     buffer = np.empty(nbytes, dtype=np.uint8)
     got = handle.readinto(memoryview(buffer)) if nbytes else 0
     if got != nbytes:
@@ -245,7 +332,15 @@ def _read_exactly(handle: BinaryIO, nbytes: int, what: str, source: Path) -> np.
 
 def _select_state_dict(obj: Any, source: Path) -> dict[str, TensorRef]:
     """Find the state dict in a checkpoint object and flatten it to ``{name: TensorRef}``."""
+    seen: set[int] = set()
     while isinstance(obj, dict):
+        if id(obj) in seen or len(seen) >= MAX_DEPTH:
+            raise WeightsError(
+                f"{source}: its 'state_dict'/'model' entries "
+                + ("contain themselves (a cycle)" if id(obj) in seen else f"nest deeper than {MAX_DEPTH}")
+                + "; torch.save of model.state_dict() never does this"
+            )
+        seen.add(id(obj))
         nested = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), dict)), None)
         if nested is None:
             break
@@ -257,7 +352,7 @@ def _select_state_dict(obj: Any, source: Path) -> dict[str, TensorRef]:
             f"{source} holds a {type(obj).__name__}, expected a state dict (a dict of tensors)"
         )
     refs: dict[str, TensorRef] = {}
-    for name, ref in _flatten(obj, ""):
+    for name, ref in _Flattener(source).walk(obj):
         short = name.removeprefix("module.")
         if short in refs:
             raise WeightsError(
@@ -270,13 +365,43 @@ def _select_state_dict(obj: Any, source: Path) -> dict[str, TensorRef]:
     return refs
 
 
-def _flatten(mapping: dict, prefix: str) -> Iterable[tuple[str, TensorRef]]:
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, TensorRef):
-            yield name, value
-        elif isinstance(value, dict):
-            yield from _flatten(value, name + ".")
+class _Flattener:
+    """Walk nested dicts to ``(dotted name, TensorRef)`` pairs, within bounds.
+
+    A pickle can build a dict that contains itself, or 40 levels of ``{'a': x, 'b': x}``
+    that share one child (2^40 paths from a few hundred bytes): cycles are refused, and
+    depth, entries visited and name length are capped.
+    """
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.entries = 0
+        self.path: set[int] = set()
+
+    def walk(self, mapping: dict, prefix: str = "") -> Iterable[tuple[str, TensorRef]]:
+        if len(self.path) >= MAX_DEPTH:
+            self._refuse(f"nests dicts deeper than {MAX_DEPTH} levels (at {prefix[:80]!r})")
+        self.path.add(id(mapping))
+        for key, value in mapping.items():
+            self.entries += 1
+            if self.entries > MAX_ENTRIES:
+                self._refuse(f"has more than {MAX_ENTRIES} state-dict entries (shared sub-dicts?)")
+            name = f"{prefix}{key}"
+            if len(name) > MAX_NAME_LENGTH:
+                self._refuse(f"has a key longer than {MAX_NAME_LENGTH} characters ({name[:80]!r}...)")
+            if isinstance(value, TensorRef):
+                yield name, value
+            elif isinstance(value, dict):
+                if id(value) in self.path:
+                    self._refuse(f"has a dict that contains itself (a cycle) at key {name[:80]!r}")
+                yield from self.walk(value, name + ".")
+        self.path.discard(id(mapping))
+
+    def _refuse(self, what: str) -> None:
+        raise WeightsError(
+            f"{self.source} {what}; a state dict saved by torch.save(model.state_dict()) "
+            "never does, so the file is corrupted or crafted"
+        )
 
 
 def _storages_in_order(refs: dict[str, TensorRef]) -> list[str]:
@@ -286,42 +411,105 @@ def _storages_in_order(refs: dict[str, TensorRef]) -> list[str]:
 def _materialize_all(refs: dict[str, TensorRef], order: list[str],
                      read_storage: Callable[[str, int], np.ndarray], byteorder: str,
                      source: Path) -> dict[str, np.ndarray]:
-    """Read each storage once, cut its tensors out of it, then let the storage go."""
+    """Check every tensor against its storage, then read each storage once and cut its
+    tensors out of it. Nothing is allocated before every check has passed."""
     users: dict[str, list[str]] = defaultdict(list)
+    firsts = {}
     for name, ref in refs.items():
         users[ref.storage.key].append(name)
+        firsts[name] = _checked_window(ref, refs[users[ref.storage.key][0]].storage, name, source)
+    _check_output_size(refs, source)
     out: dict[str, np.ndarray] = {}
     for key in order:
         names = users[key]
         storage = refs[names[0]].storage
-        raw = read_storage(key, storage.numel * STORAGE_DTYPES[storage.dtype].itemsize)
+        raw = read_storage(key, _storage_bytes(storage))
         for name in names:
-            out[name] = _materialize(refs[name], raw, len(names) == 1, byteorder, name, source)
+            out[name] = _materialize(refs[name], firsts[name], raw, len(names) == 1, byteorder)
         del raw
     return {name: out[name] for name in refs}
 
 
-def _materialize(ref: TensorRef, raw: np.ndarray, sole_user: bool, byteorder: str, name: str,
-                 source: Path) -> np.ndarray:
-    """Cut one tensor out of its storage bytes; reuse the buffer when nothing is lost."""
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _storage_bytes(storage: StorageRef) -> int:
+    return storage.numel * STORAGE_DTYPES[storage.dtype].itemsize
+
+
+def _checked_window(ref: TensorRef, root: StorageRef, name: str, source: Path) -> int:
+    """Validate the final tensor record against its storage; return its first element.
+
+    Runs after the whole pickle is loaded, on every field, so no opcode order can slip a
+    negative stride, a negative offset or an out-of-range shape past it.
+    """
+    storage = ref.storage
+    fields_ok = (
+        isinstance(ref, TensorRef) and isinstance(storage, StorageRef)
+        and ref.dtype in STORAGE_DTYPES and storage.dtype in STORAGE_DTYPES
+        and all(_is_count(v) for v in (ref.offset, storage.base, storage.numel))
+        and isinstance(ref.shape, tuple) and isinstance(ref.stride, tuple)
+        and len(ref.shape) == len(ref.stride)
+        and all(_is_count(v) for v in ref.shape + ref.stride)
+    )
+    described = f"tensor {name!r} (shape {ref.shape}, stride {ref.stride}, offset {ref.offset})"
+    if not fields_ok:
+        raise WeightsError(
+            f"{source} is corrupted: {described} has a field that is not a non-negative int "
+            "or a dtype torch knows"
+        )
+    if (storage.key, storage.dtype, storage.numel) != (root.key, root.dtype, root.numel):
+        raise WeightsError(f"{source} is corrupted: storage {storage.key!r} is described twice")
+    elements = _storage_bytes(storage) // STORAGE_DTYPES[ref.dtype].itemsize
+    first = storage.base + ref.offset
+    numel = math.prod(ref.shape)
+    if numel == 0:
+        return first
+    last = first + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+    if last >= elements:
+        raise WeightsError(
+            f"{source} is corrupted: {described} reaches element {last} of a storage "
+            f"holding {elements}"
+        )
+    expanded_bytes = numel * STORAGE_DTYPES[ref.dtype].itemsize
+    if numel > last - first + 1 and expanded_bytes > MAX_EXPANDED_BYTES:
+        raise WeightsError(
+            f"{source}: {described} repeats storage elements to make {numel} values from "
+            f"{last - first + 1} (a zero or overlapping stride, as tensor.expand makes); "
+            f"cnnkit expands views only up to {MAX_EXPANDED_BYTES >> 20} MiB; save "
+            "tensor.contiguous() instead"
+        )
+    return first
+
+
+def _check_output_size(refs: dict[str, TensorRef], source: Path) -> None:
+    file_size = os.path.getsize(source)
+    total = sum(math.prod(ref.shape) * (4 if ref.dtype == "bfloat16" else
+                                        STORAGE_DTYPES[ref.dtype].itemsize) for ref in refs.values())
+    limit = MAX_OUTPUT_RATIO * file_size + _SLACK_BYTES["output"]
+    if total > limit:
+        raise WeightsError(
+            f"{source}: its {len(refs)} tensors would take {total} bytes, more than "
+            f"{MAX_OUTPUT_RATIO} times the {file_size}-byte file (plus 64 MiB) that cnnkit "
+            "accepts; the same storage is used under too many names (a crafted file?)"
+        )
+
+
+def _materialize(ref: TensorRef, first: int, raw: np.ndarray, sole_user: bool,
+                 byteorder: str) -> np.ndarray:
+    """Cut one checked tensor out of its storage bytes; reuse the buffer when nothing is lost."""
     stored = STORAGE_DTYPES[ref.dtype].newbyteorder("<" if byteorder == "little" else ">")
     elements = raw[: raw.size - raw.size % stored.itemsize].view(stored)
     numel = math.prod(ref.shape)
-    first = ref.storage.base + ref.offset
-    if numel:
-        last = first + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
-        if last >= elements.size:
-            raise WeightsError(
-                f"{source} is corrupted: tensor {name!r} (shape {ref.shape}, stride "
-                f"{ref.stride}, offset {ref.offset}) reaches element {last} of a storage "
-                f"holding {elements.size}"
-            )
     if numel == 0:
         array = np.empty(ref.shape, dtype=stored)
     elif sole_user and first == 0 and numel == elements.size and _is_contiguous(ref):
         array = elements.reshape(ref.shape)
     else:
-        strides = tuple(s * stored.itemsize for s in ref.stride)
+        # Bounds were checked by _checked_window; a size-1 axis never moves, so its
+        # stride (which nothing bounds) is dropped rather than handed to NumPy.
+        strides = tuple(s * stored.itemsize if n > 1 else 0 for n, s in zip(ref.shape, ref.stride))
         window = np.lib.stride_tricks.as_strided(
             elements[first:], shape=ref.shape, strides=strides, writeable=False
         )
