@@ -366,26 +366,28 @@ def _select_state_dict(obj: Any, source: Path) -> dict[str, TensorRef]:
 
 
 class _Flattener:
-    """Walk nested dicts to ``(dotted name, TensorRef)`` pairs, within bounds.
+    """Walk nested dicts to ``(dotted name, TensorRef)`` pairs, visiting each dict once.
 
     A pickle can build a dict that contains itself, or 40 levels of ``{'a': x, 'b': x}``
-    that share one child (2^40 paths from a few hundred bytes): cycles are refused, and
-    depth, entries visited and name length are capped.
+    sharing one child (2^40 paths from a few hundred bytes): cycles and shared sub-dicts
+    are refused, and depth, entries and name length are capped.
     """
 
     def __init__(self, source: Path):
         self.source = source
         self.entries = 0
         self.path: set[int] = set()
+        self.seen: set[int] = set()
 
     def walk(self, mapping: dict, prefix: str = "") -> Iterable[tuple[str, TensorRef]]:
         if len(self.path) >= MAX_DEPTH:
             self._refuse(f"nests dicts deeper than {MAX_DEPTH} levels (at {prefix[:80]!r})")
         self.path.add(id(mapping))
+        self.seen.add(id(mapping))
         for key, value in mapping.items():
             self.entries += 1
             if self.entries > MAX_ENTRIES:
-                self._refuse(f"has more than {MAX_ENTRIES} state-dict entries (shared sub-dicts?)")
+                self._refuse(f"has more than {MAX_ENTRIES} state-dict entries")
             name = f"{prefix}{key}"
             if len(name) > MAX_NAME_LENGTH:
                 self._refuse(f"has a key longer than {MAX_NAME_LENGTH} characters ({name[:80]!r}...)")
@@ -394,6 +396,8 @@ class _Flattener:
             elif isinstance(value, dict):
                 if id(value) in self.path:
                     self._refuse(f"has a dict that contains itself (a cycle) at key {name[:80]!r}")
+                if id(value) in self.seen:
+                    self._refuse(f"reaches one dict by two paths (a shared sub-dict) at key {name[:80]!r}")
                 yield from self.walk(value, name + ".")
         self.path.discard(id(mapping))
 
