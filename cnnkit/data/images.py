@@ -24,6 +24,10 @@ VERIFY = ("header", "decode")
 # (UnidentifiedImageError), corrupt headers and EXIF blocks SyntaxError, ValueError,
 # struct.error, IndexError or EOFError.
 _PILLOW_FAILURES = (OSError, ValueError, SyntaxError, struct.error, IndexError, EOFError)
+# Largest image decoded (width x height), checked from the header before decoding: a few KB
+# of PNG can declare a 30000 x 30000 image, and cnnkit's float32 RGB copy costs 12 bytes a
+# pixel (this limit: 600 MB). Raise it for larger photos.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 def _size_pair(size) -> tuple[int, int] | None:
@@ -36,6 +40,7 @@ def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            _check_pixels(path, im.size)
             im = ImageOps.exif_transpose(im)
             im = im.convert("RGB")
             if size is not None and im.size != (size[1], size[0]):
@@ -45,6 +50,14 @@ def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         raise DataError(f"image file not found: {path}") from None
     except _PILLOW_FAILURES + (Image.DecompressionBombError,) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"image {path} declares {width}x{height} pixels, more than "
+                        f"cnnkit.data.images.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}; "
+                        "downscale it, or raise that limit if the image is genuine")
 
 
 def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:
@@ -64,6 +77,7 @@ def _verify(path: Path, how: str) -> None:
         return
     try:
         with Image.open(path) as im:
+            _check_pixels(path, im.size)
             im.verify()
     except _PILLOW_FAILURES + (Image.DecompressionBombError,) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
