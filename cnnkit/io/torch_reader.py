@@ -18,6 +18,7 @@ buffers, so peak memory stays close to the size of the returned arrays.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -36,6 +37,7 @@ from cnnkit.io._torch_pickle import (
     RestrictedUnpickler,
     StorageRef,
     TensorRef,
+    checked_stream,
     restricted_load,
 )
 
@@ -129,9 +131,9 @@ def _read_zip(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
     with archive:
         prefix = _zip_prefix(archive, source)
         byteorder = _zip_byteorder(archive, prefix, source)
-        with _open_member(archive, f"{prefix}/data.pkl", source) as pickled:
-            unpickler = RestrictedUnpickler(pickled, str(source))
-            obj = unpickler.load()
+        with _open_member(archive, f"{prefix}/data.pkl", source) as member:
+            pickled = io.BytesIO(member.read())  # bounded by the entry's checked size
+        obj = RestrictedUnpickler(checked_stream(pickled, str(source)), str(source)).load()
         refs = _select_state_dict(obj, source)
 
         def read_storage(key: str, nbytes: int) -> np.ndarray:
@@ -264,7 +266,7 @@ def _read_legacy(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{source}: unsupported legacy torch protocol {protocol!r}, expected 1001")
     sys_info = restricted_load(handle, str(source))
     little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
-    unpickler = RestrictedUnpickler(handle, str(source))
+    unpickler = RestrictedUnpickler(checked_stream(handle, str(source)), str(source))
     obj = unpickler.load()
     keys = restricted_load(handle, str(source))
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

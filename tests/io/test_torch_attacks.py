@@ -292,3 +292,13 @@ def test_memory_error_becomes_a_weights_error_naming_the_file(write, monkeypatch
     path = write(_state_dict(_valid_tensor()))
     with pytest.raises(WeightsError, match=r"crafted\.pth: not enough memory to read it"):
         read_torch(path)
+
+
+@pytest.mark.parametrize("pickled,match", [
+    # BINBYTES8 declaring 1 TB: the C unpickler sizes the bytes object before reading it.
+    (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc", "does not parse"),
+    # LONG_BINPUT 2**31 - 1: the unpickler grows its memo table to that index.
+    (b"\x80\x02}r" + struct.pack("<I", 2**31 - 1) + b".", r"memo index 2147483647 at opcode 2"),
+], ids=["length", "memo-index"])
+def test_pickle_lengths_and_memo_indices_cannot_allocate(write, pickled, match):
+    _refused(write(pickled), match)
