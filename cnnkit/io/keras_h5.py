@@ -22,8 +22,10 @@ dataset only when its bytes are in this file and its size is justified by them.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ MAX_INFLATE_RATIO = 100
 _SLACK_BYTES = 1 << 20
 MAX_DEPTH = 32
 _NUMERIC_KINDS = "biufc"
+# An HDF5 global heap collection (where variable-length strings live): "GCOL", version 1,
+# 3 reserved bytes, its size; then objects of index, references, 4 reserved bytes, size.
+_COLLECTION = struct.Struct("<4sB3sQ")
+_HEAP_OBJECT = struct.Struct("<HH4xQ")
 
 
 def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -61,6 +67,7 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not source.is_file():
         reason = "is a directory" if source.is_dir() else "file not found"
         raise WeightsError(f"cannot read {source}: {reason}")
+    _check_global_heaps(source)
     try:
         handle = h5py.File(source, "r")
     except OSError as exc:
@@ -135,6 +142,43 @@ class _Tree:
                 "(a fill-value or compression bomb?)"
             )
         return _read_dataset(dataset)
+
+
+def _check_global_heaps(source: Path) -> None:
+    """Refuse a file whose global heap would send libhdf5 into an endless loop.
+
+    libhdf5 (1.14) walks a heap collection object by object, stepping by each object's
+    size; a free-space object of size 0 never steps, and reading a variable-length string
+    (Keras 2 layer names) then spins forever in C, where no signal can stop it. The fuzz
+    found this with one flipped byte. Walk each collection the same way first.
+    """
+    with open(source, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            start = data.find(b"GCOL")
+            while start != -1:
+                _check_collection(data, start, source)
+                start = data.find(b"GCOL", start + 4)
+
+
+def _check_collection(data: mmap.mmap, start: int, source: Path) -> None:
+    if start + _COLLECTION.size > len(data):
+        return
+    _, version, reserved, size = _COLLECTION.unpack_from(data, start)
+    if version != 1 or reserved != bytes(3) or not 4096 <= size <= len(data) - start:
+        return  # not a collection header (libhdf5 rejects it by itself if it is used as one)
+    end, at = start + size, start + _COLLECTION.size
+    while end - at >= _HEAP_OBJECT.size:
+        index, _, object_size = _HEAP_OBJECT.unpack_from(data, at)
+        step = object_size if index == 0 else _HEAP_OBJECT.size + -(-object_size // 8) * 8
+        if step == 0 or step > end - at:
+            raise WeightsError(
+                f"{source} is corrupted: the HDF5 global heap at byte {start} has an object of "
+                f"{object_size} bytes at byte {at}, which libhdf5 cannot walk past; save the "
+                "weights again with Keras"
+            )
+        at += step
 
 
 def _import_h5py() -> Any:

@@ -18,6 +18,7 @@ Prints one JSON line of counts on success; prints the failing mutation and exits
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import re
 import resource
@@ -175,6 +176,7 @@ def main(spec_path: str) -> int:
 
     signal.signal(signal.SIGALRM, on_alarm)
     work.write_bytes(base)
+    print(f"mutants are written to {work}", file=sys.stderr)  # kept, to reproduce a hang
     _check_result(read(work), expected, True, len(base), is_image)  # warm-up: imports, caches
     cap = _limit_memory(spec["memory_mb"])
     outcomes: Counter = Counter()
@@ -189,6 +191,9 @@ def main(spec_path: str) -> int:
         work.write_bytes(data)
         start = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, timeout)
+        # The alarm cannot interrupt a loop inside C code (libhdf5, zlib): then this
+        # watchdog prints where it hangs and ends the process, which the parent reports.
+        faulthandler.dump_traceback_later(2 * timeout, exit=True)
         try:
             result = read(work)
         except CnnkitError as error:
@@ -198,6 +203,7 @@ def main(spec_path: str) -> int:
             return
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            faulthandler.cancel_dump_traceback_later()
             slowest[0] = max(slowest[0], time.perf_counter() - start)
         _check_result(result, expected, data == base, len(data), is_image)
         outcomes["read"] += 1

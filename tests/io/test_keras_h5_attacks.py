@@ -130,3 +130,45 @@ def test_a_string_dataset_is_refused(tmp_path):
     path = _keras2(tmp_path / "w.h5", lambda g, name: g.create_dataset(
         name, data=np.array([b"a", b"b"], dtype=h5py.string_dtype())))
     _refused(path, r"has dtype object, not a number type")
+
+
+def _zero_free_space_of_global_heap(path) -> None:
+    """Set the size of the free-space object (index 0) of the file's global heap to 0."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"GCOL")
+    size = int.from_bytes(data[start + 8:start + 16], "little")
+    at = start + 16
+    while at < start + size:
+        index = int.from_bytes(data[at:at + 2], "little")
+        object_size = int.from_bytes(data[at + 8:at + 16], "little")
+        if index == 0:
+            data[at + 8:at + 16] = bytes(8)
+            path.write_bytes(bytes(data))
+            return
+        at += 16 + -(-object_size // 8) * 8
+    raise AssertionError("no free space in the global heap")
+
+
+def test_a_global_heap_libhdf5_would_loop_on_is_refused(tmp_path):
+    # Layer names as variable-length strings (h5py 3 stores a list of bytes so) live in the
+    # global heap; a free-space object of size 0 made libhdf5 spin forever reading them.
+    # The read runs in a subprocess so that a hang fails the test instead of blocking it.
+    import subprocess
+    import sys
+
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"dense", b"pool"]
+        group = f.create_group("dense")
+        group.attrs["weight_names"] = [b"dense/kernel:0"]
+        group.create_group("dense").create_dataset("kernel:0", data=KERNEL)
+        f.create_group("pool").attrs["weight_names"] = np.array([], dtype="S1")
+    assert f"{read_keras_h5(path)['dense/kernel'][0]}" == "0.0"
+    _zero_free_space_of_global_heap(path)
+    code = ("from cnnkit.io import read_keras_h5\n"
+            f"try:\n    read_keras_h5({str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    try:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("read_keras_h5 hung on a corrupted global heap")
+    assert run.stdout.startswith(f"WeightsError {path} is corrupted: the HDF5 global heap at byte"), run.stdout + run.stderr
