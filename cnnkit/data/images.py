@@ -6,6 +6,7 @@ and returned as float32 (H, W, 3) on the 0-255 scale.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -34,12 +35,22 @@ def _size_pair(size) -> tuple[int, int] | None:
     return None if size is None else _pair(size, "size")
 
 
+def _image_bytes(path: Path) -> io.BytesIO:
+    """The file's bytes, for Pillow to parse in memory.
+
+    Pillow reads some chunks with ``fp.read(length)`` for a length taken from the file; on
+    a real file that allocates the whole length first (2 GB for a PNG chunk whose length
+    field was flipped, as the fuzz found), where an in-memory buffer returns what is there.
+    """
+    return io.BytesIO(path.read_bytes())
+
+
 def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """Decode ``path`` to float32 (H, W, 3); Pillow's failures become DataError."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
+        with Image.open(_image_bytes(path)) as im:
             _check_pixels(path, im.size)
             im = ImageOps.exif_transpose(im)
             im = im.convert("RGB")
@@ -50,6 +61,8 @@ def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         raise DataError(f"image file not found: {path}") from None
     except _PILLOW_FAILURES + (Image.DecompressionBombError,) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
+    except MemoryError:
+        raise DataError(f"cannot read image {path}: not enough memory to decode it") from None
 
 
 def _check_pixels(path: Path, size: tuple[int, int]) -> None:
@@ -76,7 +89,7 @@ def _verify(path: Path, how: str) -> None:
         _open_rgb(path, None)
         return
     try:
-        with Image.open(path) as im:
+        with Image.open(_image_bytes(path)) as im:
             _check_pixels(path, im.size)
             im.verify()
     except _PILLOW_FAILURES + (Image.DecompressionBombError,) as e:

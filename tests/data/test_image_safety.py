@@ -47,3 +47,21 @@ def test_the_limit_can_be_raised(bomb, monkeypatch):
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 60_000_000)
     with Image.open(bomb) as im:  # only the header: the limit no longer applies
         images._check_pixels(bomb, im.size)
+
+
+def test_a_chunk_length_flipped_to_gigabytes_allocates_nothing(tmp_path):
+    # Found by the fuzz: the first byte of the chunk length after IHDR set to 0xFF makes
+    # Pillow read() ~4 GB from the file object; on a real file that allocates it first.
+    path = tmp_path / "flipped.png"
+    Image.new("RGB", (16, 12)).save(path)
+    data = bytearray(path.read_bytes())
+    data[33] = 0xFF
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        image = load_image(path)  # the pixels come before the bad length: they still decode
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (12, 16, 3)
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB allocated"
