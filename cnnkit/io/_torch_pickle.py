@@ -91,7 +91,8 @@ class _Sealed:
     def __setstate__(self, state: Any) -> None:
         raise ValueError(
             f"the pickle tries to change a {type(self).__name__} after building it "
-            "(BUILD opcode); torch.save never does this"
+            "(BUILD opcode), which torch.save never does: the file is crafted or corrupted; "
+            "get the weights from their source again"
         )
 
 
@@ -322,7 +323,10 @@ def checked_stream(file: BinaryIO, source: str) -> BinaryIO:
             if opcode.name in _MEMO_PUTS and not 0 <= int(arg) <= count:
                 raise ValueError(f"memo index {arg} at opcode {count}; indices count up from 0")
     except (ValueError, EOFError) as exc:
-        raise WeightsError(f"{source} is truncated or corrupted: its pickle does not parse ({exc})") from None
+        raise WeightsError(
+            f"{source} is truncated or corrupted: its pickle does not parse ({exc}); "
+            "get the weights from their source again"
+        ) from None
     file.seek(start)
     return bounded  # type: ignore[return-value]
 

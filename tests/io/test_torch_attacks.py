@@ -302,3 +302,16 @@ def test_memory_error_becomes_a_weights_error_naming_the_file(write, monkeypatch
 ], ids=["length", "memo-index"])
 def test_pickle_lengths_and_memo_indices_cannot_allocate(write, pickled, match):
     _refused(write(pickled), match)
+
+
+def test_the_cli_refuses_the_segfaulting_file_with_one_line(write, tmp_path, capsys):
+    # The file that killed `cnnkit classify` with SIGSEGV: stride -1 and a huge shape set by BUILD.
+    from cnnkit import cli
+
+    state = _dict(shape=_tuple(_int(20_000_000)), stride=_tuple(_int(-1)), offset=_int(3))
+    path = write(_state_dict(_valid_tensor() + state + b"b"))
+    code = cli.main(["classify", "--arch", "vgg16", "--weights", str(path), str(tmp_path / "cat.jpg")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("cnnkit classify: ") and str(path) in err and "BUILD" in err
+    assert "Traceback" not in err
