@@ -4,8 +4,10 @@ never a crash, a hang, another exception, or an allocation beyond the memory lim
 Each format runs in one subprocess (``_worker.py``) under ``RLIMIT_AS`` and a time limit per
 read, looping over hypothesis-generated mutations: bytes flipped, inserted, deleted, the file
 cut short, integers overwritten with edge values, numbers in text headers replaced.
-``CNNKIT_FUZZ_EXAMPLES`` sets the mutations per format (default 25, so ``make test`` stays
-fast; ``make fuzz`` runs 2,000 with fresh randomness).
+``CNNKIT_FUZZ_EXAMPLES`` sets the mutations per format (default 25, the same ones every run,
+so ``make test`` stays fast; ``make fuzz`` runs 2,000 fresh ones). The workers run side by
+side: each is mostly interpreter start-up. ``CNNKIT_FUZZ_MEMORY_MB`` (768) is what one read
+may allocate above the worker's baseline; ``CNNKIT_FUZZ_READ_TIMEOUT`` (10 s) bounds one read.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis", reason="the fuzz workers draw mutations with hypothesis")
 
 EXAMPLES = int(os.environ.get("CNNKIT_FUZZ_EXAMPLES", "25"))
 MEMORY_MB = int(os.environ.get("CNNKIT_FUZZ_MEMORY_MB", "768"))
