@@ -41,6 +41,7 @@ _KERAS1_ALIASES = {"W": "kernel", "b": "bias"}
 # MiB): Keras stores weights uncompressed, so only filters or fill values go beyond.
 MAX_INFLATE_RATIO = 100
 _SLACK_BYTES = 1 << 20
+MAX_OUTPUT_RATIO = 8  # all datasets together, as for read_torch
 MAX_DEPTH = 32
 _NUMERIC_KINDS = "biufc"
 # An HDF5 global heap collection (where variable-length strings live): "GCOL", version 1,
@@ -90,6 +91,8 @@ class _Tree:
 
     def __init__(self, handle: Any, source: Path, h5py: Any):
         self.root, self.source, self.h5py = handle, source, h5py
+        # Each dataset may use the slack; together they stay within a multiple of the file.
+        self.budget = MAX_OUTPUT_RATIO * os.path.getsize(source) + (64 << 20)
 
     def child(self, group: Any, path: str) -> Any | None:
         """``group[path]`` following hard links only; None when a component is missing."""
@@ -122,8 +125,14 @@ class _Tree:
         """The members of ``group``, refusing any that is not a hard link."""
         return [(name, self.child(group, name)) for name in group]
 
-    def read(self, dataset: Any) -> np.ndarray:
-        """Read a dataset whose bytes are in this file and justify its size."""
+    def read_all(self, datasets: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Check every dataset, then read them: nothing is allocated before all pass."""
+        for dataset in datasets.values():
+            self.check(dataset)
+        return {key: _read_dataset(dataset) for key, dataset in datasets.items()}
+
+    def check(self, dataset: Any) -> None:
+        """Refuse a dataset whose bytes are not in this file or do not justify its size."""
         where = f"{self.source}: dataset {dataset.name}"
         if dataset.is_virtual:
             raise WeightsError(f"{where} is a virtual dataset (it reads other files); cnnkit refuses it, "
@@ -141,7 +150,12 @@ class _Tree:
                 f"{stored} bytes of the file; cnnkit accepts at most {MAX_INFLATE_RATIO}:1 "
                 "(a fill-value or compression bomb?)"
             )
-        return _read_dataset(dataset)
+        self.budget -= dataset.nbytes
+        if self.budget < 0:
+            raise WeightsError(
+                f"{where}: with it the datasets exceed {MAX_OUTPUT_RATIO} times the file's "
+                "size (plus 64 MiB), which cnnkit accepts; the file declares more than it holds"
+            )
 
 
 def _check_global_heaps(source: Path) -> None:
@@ -208,7 +222,7 @@ def _read_layout(tree: _Tree, source: Path) -> dict[str, np.ndarray]:
 
 
 def _read_keras2(tree: _Tree, group: Any, source: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for layer in _string_list_attr(group, "layer_names"):
         layer_group = tree.child(group, layer)
         if not isinstance(layer_group, tree.h5py.Group):
@@ -221,8 +235,8 @@ def _read_keras2(tree: _Tree, group: Any, source: Path) -> dict[str, np.ndarray]
             if not isinstance(dataset, tree.h5py.Dataset):
                 raise WeightsError(f"{source} is a corrupted Keras weights file: weight {weight!r} "
                                    f"of layer {layer!r} is listed in weight_names but has no dataset")
-            out[key] = tree.read(dataset)
-    return out
+            out[key] = dataset
+    return tree.read_all(out)
 
 
 def _keras2_key(layer: str, weight: str) -> str:
@@ -258,8 +272,8 @@ def _read_keras3(tree: _Tree, layers: Any, source: Path) -> dict[str, np.ndarray
     out = {}
     for name, dataset in found:
         parts = [p for p in name.split("/") if p not in ("vars", "layers")]
-        out["/".join(parts)] = tree.read(dataset)
-    return out
+        out["/".join(parts)] = dataset
+    return tree.read_all(out)
 
 
 def _natural_key(name: str) -> list[Any]:

@@ -172,3 +172,18 @@ def test_a_global_heap_libhdf5_would_loop_on_is_refused(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("read_keras_h5 hung on a corrupted global heap")
     assert run.stdout.startswith(f"WeightsError {path} is corrupted: the HDF5 global heap at byte"), run.stdout + run.stderr
+
+
+def test_many_small_fill_value_datasets_are_refused_together(tmp_path):
+    # Each declares 960 KiB with no bytes in the file (under the 1 MiB slack of one dataset);
+    # 100 of them would read 94 MiB out of a file of a few hundred KB.
+    path = tmp_path / "w.h5"
+    names = [f"dense_{i}".encode() for i in range(100)]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array(names, dtype="S")
+        for name in names:
+            group = f.create_group(name.decode())
+            group.attrs["weight_names"] = np.array([name + b"/kernel:0"], dtype="S")
+            group.create_group(name.decode()).create_dataset("kernel:0", shape=(245_760,), dtype="<f4")
+    assert path.stat().st_size < 1 << 20
+    _refused(path, r"with it the datasets exceed 8 times the file's size")
