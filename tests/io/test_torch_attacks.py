@@ -288,7 +288,7 @@ def test_memory_error_becomes_a_weights_error_naming_the_file(write, monkeypatch
     def no_memory(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(torch_reader, "_materialize_all", no_memory)
+    monkeypatch.setattr(torch_reader, "materialize_all", no_memory)
     path = write(_state_dict(_valid_tensor()))
     with pytest.raises(WeightsError, match=r"crafted\.pth: not enough memory to read it"):
         read_torch(path)
