@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 DEMO := demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test fuzz bench clean
 
 demo: $(RUN_STAMP)
 	$(CNNKIT) summary vgg16
@@ -26,6 +26,11 @@ demo: $(RUN_STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q
+
+# Every file reader against 2,000 fresh mutants per format (tests/fuzz; a few minutes).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(TEST_STAMP)
+	CNNKIT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CNNKIT_FUZZ_RANDOM=1 $(PY) -m pytest tests/fuzz -q -s
 
 bench: $(TEST_STAMP)
 	$(PY) -m benchmarks.run

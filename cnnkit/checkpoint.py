@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
+from .arithmetic import window_output_size, windows_2d
+from .errors import CnnkitError, WeightsError
 from .io import read_safetensors, read_safetensors_metadata, write_safetensors
+from .io.safetensors_io import read_safetensors_shapes
 
 MODEL_FORMAT = "cnnkit-model"
 TRAINING_FORMAT = "cnnkit-training"
@@ -28,14 +30,22 @@ def save_model(model, path) -> None:
 
 
 def load(path):
-    """Rebuild a model saved by :meth:`Sequential.save` (or from a training checkpoint)."""
-    from .model import Sequential
+    """Rebuild a model saved by :meth:`Sequential.save` (or from a training checkpoint).
+
+    The architecture is checked against the tensors in the file before anything is
+    allocated: a file cannot make the model bigger than the weights it holds.
+    """
     metadata = _metadata(path)
-    model = Sequential.from_config(architecture(metadata, path))
-    tensors = read_safetensors(path)
-    if metadata["format"] == TRAINING_FORMAT:
-        tensors = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
-    model.load_state_dict(tensors)
+    config = architecture(metadata, path)
+    prefix = "model/" if metadata["format"] == TRAINING_FORMAT else ""
+    try:
+        _check_architecture_fits(config, _layer_elements(read_safetensors_shapes(path), prefix), path)
+        model = _from_config(config, path)
+        tensors = read_safetensors(path)
+        tensors = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        model.load_state_dict(tensors)
+    except MemoryError:
+        raise WeightsError(f"{path}: not enough memory to load this model") from None
     return model
 
 
@@ -43,13 +53,89 @@ def architecture(metadata: dict[str, str], path) -> dict:
     """The architecture object in a cnnkit file's header; a WeightsError when it is not a JSON object."""
     try:
         config = json.loads(metadata["architecture"])
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
         raise WeightsError(f"{path}: the 'architecture' in the header is not JSON ({error}); the file is "
                            f"damaged, save the model again with model.save") from None
     if not isinstance(config, dict):
         raise WeightsError(f"{path}: the 'architecture' in the header is a JSON {type(config).__name__}, "
                            f"not an object; the file is damaged, save the model again with model.save")
     return config
+
+
+def _from_config(config: dict, path):
+    """``Sequential.from_config``; malformed fields become a WeightsError naming the file."""
+    from .model import Sequential
+    try:
+        return Sequential.from_config(config)
+    except CnnkitError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
+        raise WeightsError(f"{path}: the architecture in its header is malformed "
+                           f"({type(error).__name__}: {error}); save the model again") from None
+
+
+def _layer_elements(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, int]:
+    """Numbers the file holds for each layer (``conv1.weight`` counts for ``conv1``)."""
+    counts: dict[str, int] = {}
+    for key, shape in shapes.items():
+        if key.startswith(prefix):
+            layer = key[len(prefix):].rpartition(".")[0]
+            counts[layer] = counts.get(layer, 0) + int(np.prod(shape, dtype=object))
+    return counts
+
+
+def _check_architecture_fits(config: dict, held: dict[str, int], path) -> None:
+    """Refuse an architecture whose parameters outnumber the file's tensors, before building.
+
+    The shapes flow through the layers as in ``Sequential.build``, but a layer with
+    parameters is only counted (with the formulas of :mod:`cnnkit.arithmetic`), never built.
+    """
+    input_shape = config.get("input_shape")
+    if not isinstance(input_shape, list) or not all(isinstance(v, int) and v > 0 for v in input_shape):
+        return  # Sequential.build refuses it with its own message
+    shell = _from_config({**config, "input_shape": None}, path)
+    shape = tuple(input_shape)
+    for layer in shell.layers:
+        planned = _planned_layer(layer, shape, bool(config.get("strict", False)))
+        if planned is None:
+            return  # a bad hyper-parameter: the real build names it
+        count, shape = planned
+        if count > held.get(layer.name, 0):
+            raise WeightsError(
+                f"{path}: its architecture gives layer {layer.name} ({type(layer).__name__}) "
+                f"{count:,} parameters, but the file holds {held.get(layer.name, 0):,} numbers for it; "
+                "the header does not match the weights (corrupted or crafted), so nothing was built"
+            )
+
+
+def _planned_layer(layer, shape: tuple[int, ...], strict: bool) -> tuple[int, tuple[int, ...]] | None:
+    """(parameter count, output shape) of ``layer`` on ``shape``, allocating nothing.
+
+    Layers without parameters are built (that allocates nothing); None means a
+    hyper-parameter is not a positive int, which the real build reports.
+    """
+    from .layers import BatchNorm2d, Conv2d, Dense, PReLU
+    kinds = (Conv2d, Dense, BatchNorm2d, PReLU)
+    if not isinstance(layer, kinds):
+        return 0, tuple(layer.build(shape, None, strict=strict))
+    size = getattr(layer, "filters", getattr(layer, "units", 1))
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        return None
+    if isinstance(layer, Dense):
+        if len(shape) != 1:
+            return None
+        out = (size,)
+    elif isinstance(layer, Conv2d):
+        if len(shape) != 3:
+            return None
+        windows = windows_2d(shape[:2], layer.kernel_size, layer.stride, layer.padding,
+                             layer.dilation, layer.label)
+        out = (*(window_output_size(n, win, layer.label, axis, strict)
+                 for n, win, axis in zip(shape[:2], windows, "HW")), size)
+    else:
+        out = shape
+    layer.input_shape = shape  # what param_count reads; the layer is a throwaway copy
+    return layer.param_count(), out
 
 
 def _metadata(path) -> dict[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import pickletools
 import re
 from pathlib import Path
 
@@ -186,6 +187,19 @@ def _resolve(obj, seen: dict[int, object]):
     return out
 
 
+def _check_opcodes(data: bytes) -> None:
+    """Walk the opcodes once before unpickling, building nothing.
+
+    The C unpickler grows its memo table to the largest index a PUT names (one PUT of
+    index 2**27 fills a gigabyte), and sizes a bytes object by its declared length before
+    reading it; here a length past the end of the data, or a memo index no earlier
+    opcode could have used, is refused first (ValueError, a damaged file).
+    """
+    for count, (opcode, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data))):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
+            raise ValueError(f"memo index {arg} at opcode {count}; indices count up from 0")
+
+
 def load_data_pickle(path: str | Path) -> object:
     """Unpickle ``path`` allowing only builtin data and NumPy numeric arrays."""
     path = Path(path)
@@ -194,6 +208,7 @@ def load_data_pickle(path: str | Path) -> object:
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
     try:
+        _check_opcodes(data)
         obj = _Unpickler(io.BytesIO(data), encoding="latin1").load()
         return _resolve(obj, {})
     except _Refused as e:

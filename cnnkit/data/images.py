@@ -6,6 +6,7 @@ and returned as float32 (H, W, 3) on the 0-255 scale.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -24,10 +25,24 @@ VERIFY = ("header", "decode")
 # (UnidentifiedImageError), corrupt headers and EXIF blocks SyntaxError, ValueError,
 # struct.error, IndexError or EOFError.
 _PILLOW_FAILURES = (OSError, ValueError, SyntaxError, struct.error, IndexError, EOFError)
+# Largest image decoded (width x height), checked from the header before decoding: a few KB
+# of PNG can declare a 30000 x 30000 image, and cnnkit's float32 RGB copy costs 12 bytes a
+# pixel (this limit: 600 MB). Raise it for larger photos.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 def _size_pair(size) -> tuple[int, int] | None:
     return None if size is None else _pair(size, "size")
+
+
+def _image_bytes(path: Path) -> io.BytesIO:
+    """The file's bytes, for Pillow to parse in memory.
+
+    Pillow reads some chunks with ``fp.read(length)`` for a length taken from the file; on
+    a real file that allocates the whole length first (2 GB for a PNG chunk whose length
+    field was flipped, as the fuzz found), where an in-memory buffer returns what is there.
+    """
+    return io.BytesIO(path.read_bytes())
 
 
 def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
@@ -35,7 +50,8 @@ def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
+        with Image.open(_image_bytes(path)) as im:
+            _check_pixels(path, im.size)
             im = ImageOps.exif_transpose(im)
             im = im.convert("RGB")
             if size is not None and im.size != (size[1], size[0]):
@@ -45,6 +61,16 @@ def _open_rgb(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         raise DataError(f"image file not found: {path}") from None
     except _PILLOW_FAILURES + (Image.DecompressionBombError,) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
+    except MemoryError:
+        raise DataError(f"cannot read image {path}: not enough memory to decode it") from None
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"image {path} declares {width}x{height} pixels, more than "
+                        f"cnnkit.data.images.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}; "
+                        "downscale it, or raise that limit if the image is genuine")
 
 
 def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:
@@ -63,7 +89,8 @@ def _verify(path: Path, how: str) -> None:
         _open_rgb(path, None)
         return
     try:
-        with Image.open(path) as im:
+        with Image.open(_image_bytes(path)) as im:
+            _check_pixels(path, im.size)
             im.verify()
     except _PILLOW_FAILURES + (Image.DecompressionBombError,) as e:
         raise DataError(f"cannot read image {path}: {e}") from e

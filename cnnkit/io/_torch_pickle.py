@@ -13,7 +13,10 @@ Nothing here reads tensor bytes; :mod:`cnnkit.io.torch_reader` does that afterwa
 from __future__ import annotations
 
 import collections
+import io
+import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -74,22 +77,41 @@ _TORCH_DTYPE_NAMES = {name: name for name in STORAGE_DTYPES} | {
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
+class _Sealed:
+    """Refuse the pickle BUILD opcode on the records this module hands to a pickle.
+
+    ``frozen=True`` stops ``setattr``, but BUILD with a dict state writes straight into the
+    instance ``__dict__``; a pickle could then rebuild a tensor that passes every check and
+    change its stride or offset afterwards. BUILD calls ``__setstate__`` when a class has
+    one, so this one refuses.
+    """
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise ValueError(
+            f"the pickle tries to change a {type(self).__name__} after building it "
+            "(BUILD opcode), which torch.save never does: the file is crafted or corrupted; "
+            "get the weights from their source again"
+        )
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_Sealed):
     """Stand-in for a ``torch.*Storage`` class: only its element dtype matters."""
 
     dtype: str
 
 
 @dataclass(frozen=True)
-class TorchDType:
+class TorchDType(_Sealed):
     """Stand-in for a ``torch.dtype`` object such as ``torch.float16``."""
 
     name: str
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_Sealed):
     """A storage a pickle refers to: its key in the file, element dtype and element count.
 
     ``base`` is the element offset of a storage *view* (very old legacy files only) into
@@ -103,7 +125,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_Sealed):
     """A tensor a pickle asked to rebuild: a strided window on a storage, not yet read."""
 
     storage: StorageRef
@@ -157,12 +179,12 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     return data
 
 
-class _StandIn:
+class _StandIn(_Sealed):
     """A callable handed to the pickle in place of a torch function.
 
-    A fresh one is made per lookup and it has no ``__dict__``, so a pickle that tries to
-    BUILD (set attributes) on what it received cannot alter state shared with later loads,
-    as it could on a plain module-level function (``__defaults__`` and the like).
+    A fresh one is made per lookup, it has no ``__dict__`` and refuses BUILD, so a pickle
+    cannot alter state shared with later loads, as it could on a plain module-level
+    function (``__defaults__`` and the like), nor swap the function it calls.
     """
 
     __slots__ = ("_func",)
@@ -246,6 +268,69 @@ class RestrictedUnpickler(pickle.Unpickler):
         return StorageRef(root.key, root.dtype, root.numel, base=offset)
 
 
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+class _Bounded:
+    """A read-only view of a file that never reads past ``end``.
+
+    The unpickler asks ``read(n)`` for the length a pickle declares, and a buffered file
+    allocates ``n`` bytes before it knows how many are there: a flipped length byte would
+    ask for terabytes. Capping each request at what is left keeps reads to real bytes.
+    """
+
+    def __init__(self, file: BinaryIO, end: int):
+        self.file, self.end = file, end
+
+    def _left(self, n: int | None) -> int:
+        left = max(self.end - self.file.tell(), 0)
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self.file.read(self._left(n))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        return self.file.readline(self._left(n))
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        return self.file.readinto(view[: self._left(len(view))])
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+
+def checked_stream(file: BinaryIO, source: str) -> BinaryIO:
+    """Return ``file`` for unpickling, after walking the next pickle's opcodes once.
+
+    The walk (``pickletools.genops``) reads every length-prefixed argument from the bounded
+    view, so a length larger than the bytes that follow fails here, cheaply, instead of
+    making the C unpickler allocate it (it sizes a bytes object before reading into it).
+    Memo indices are checked too: the unpickler grows its memo table to the largest index
+    it is given, and one PUT of index 2**31 costs 32 GB. Nothing is built or called here.
+    """
+    start = file.tell()
+    end = file.seek(0, os.SEEK_END)
+    file.seek(start)
+    bounded = _Bounded(file, end)
+    try:
+        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(bounded)):
+            if opcode.name == "FRAME" and arg > end - file.tell():
+                raise ValueError(f"a pickle frame of {arg} bytes, with {end - file.tell()} left")
+            if opcode.name in _MEMO_PUTS and not 0 <= int(arg) <= count:
+                raise ValueError(f"memo index {arg} at opcode {count}; indices count up from 0")
+    except (ValueError, EOFError) as exc:
+        raise WeightsError(
+            f"{source} is truncated or corrupted: its pickle does not parse ({exc}); "
+            "get the weights from their source again"
+        ) from None
+    file.seek(start)
+    return bounded  # type: ignore[return-value]
+
+
 def restricted_load(file: BinaryIO, source: str) -> Any:
     """Load one plain pickle (no persistent ids expected) with the restricted unpickler."""
-    return RestrictedUnpickler(file, source).load()
+    return RestrictedUnpickler(checked_stream(file, source), source).load()

@@ -14,12 +14,18 @@ Two layouts exist:
 
 Arrays come back as stored: convolution kernels are HWIO ``(K, K, C, N)``, dense kernels
 ``(in, out)``. h5py is an optional extra, imported only when a file is read.
+
+HDF5 can point outside the file: external links, external raw storage and virtual
+datasets read other files on the disk. The reader follows hard links only, and reads a
+dataset only when its bytes are in this file and its size is justified by them.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,17 @@ __all__ = ["read_keras_h5"]
 
 # Keras 1 era weight names: "<layer>_W_1:0" / "<layer>_b_1:0" mean kernel / bias.
 _KERAS1_ALIASES = {"W": "kernel", "b": "bias"}
+# A dataset may read as at most this many times the bytes it occupies in the file (plus a
+# MiB): Keras stores weights uncompressed, so only filters or fill values go beyond.
+MAX_INFLATE_RATIO = 100
+_SLACK_BYTES = 1 << 20
+MAX_OUTPUT_RATIO = 8  # all datasets together, as for read_torch
+MAX_DEPTH = 32
+_NUMERIC_KINDS = "biufc"
+# An HDF5 global heap collection (where variable-length strings live): "GCOL", version 1,
+# 3 reserved bytes, its size; then objects of index, references, 4 reserved bytes, size.
+_COLLECTION = struct.Struct("<4sB3sQ")
+_HEAP_OBJECT = struct.Struct("<HH4xQ")
 
 
 def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -51,17 +68,131 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not source.is_file():
         reason = "is a directory" if source.is_dir() else "file not found"
         raise WeightsError(f"cannot read {source}: {reason}")
+    _check_global_heaps(source)
     try:
         handle = h5py.File(source, "r")
     except OSError as exc:
         raise WeightsError(f"{source} is not a readable HDF5 file (truncated or another format?): {exc}") from None
     with handle:
         try:
-            return _read_layout(handle, source)
+            return _read_layout(_Tree(handle, source, h5py), source)
         except WeightsError:
             raise
-        except (KeyError, OSError, ValueError, TypeError) as exc:
-            raise WeightsError(f"{source} is a corrupted Keras weights file: {exc}") from None
+        except MemoryError:
+            raise WeightsError(f"{source}: not enough memory to read its weights") from None
+        except Exception as exc:  # any failure of libhdf5 on untrusted bytes is a bad file
+            raise WeightsError(
+                f"{source} is a corrupted Keras weights file: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+class _Tree:
+    """Access to an HDF5 file that stays inside it: hard links only, local storage only."""
+
+    def __init__(self, handle: Any, source: Path, h5py: Any):
+        self.root, self.source, self.h5py = handle, source, h5py
+        # Each dataset may use the slack; together they stay within a multiple of the file.
+        self.budget = MAX_OUTPUT_RATIO * os.path.getsize(source) + (64 << 20)
+
+    def child(self, group: Any, path: str) -> Any | None:
+        """``group[path]`` following hard links only; None when a component is missing."""
+        node = group
+        for part in (p for p in path.split("/") if p):
+            if not isinstance(node, self.h5py.Group):
+                return None
+            link = node.get(part, getlink=True)
+            if link is None:
+                return None
+            if not isinstance(link, self.h5py.HardLink):
+                self._refuse_link(node, part, link)
+            node = node[part]
+        return node
+
+    def _refuse_link(self, group: Any, name: str, link: Any) -> None:
+        where = f"{group.name.rstrip('/')}/{name}"
+        if isinstance(link, self.h5py.ExternalLink):
+            target = f"an external link to {link.filename}:{link.path}"
+        elif isinstance(link, self.h5py.SoftLink):
+            target = f"a soft link to {link.path}"
+        else:
+            target = f"a {type(link).__name__}"
+        raise WeightsError(
+            f"{self.source}: {where} is {target}; cnnkit follows no links in weight files "
+            "(they can read other files), so save the weights again with Keras"
+        )
+
+    def hard_children(self, group: Any) -> list[tuple[str, Any]]:
+        """The members of ``group``, refusing any that is not a hard link."""
+        return [(name, self.child(group, name)) for name in group]
+
+    def read_all(self, datasets: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Check every dataset, then read them: nothing is allocated before all pass."""
+        for dataset in datasets.values():
+            self.check(dataset)
+        return {key: _read_dataset(dataset) for key, dataset in datasets.items()}
+
+    def check(self, dataset: Any) -> None:
+        """Refuse a dataset whose bytes are not in this file or do not justify its size."""
+        where = f"{self.source}: dataset {dataset.name}"
+        if dataset.is_virtual:
+            raise WeightsError(f"{where} is a virtual dataset (it reads other files); cnnkit refuses it, "
+                               "save the weights again with Keras")
+        if dataset.external:
+            raise WeightsError(f"{where} keeps its bytes in external file(s) "
+                               f"{[entry[0] for entry in dataset.external]}; cnnkit reads only "
+                               "weights stored in the file itself")
+        if dataset.dtype.kind not in _NUMERIC_KINDS or dataset.dtype.subdtype is not None:
+            raise WeightsError(f"{where} has dtype {dataset.dtype}, not a number type a weight can have")
+        stored = dataset.id.get_storage_size()
+        if dataset.nbytes > MAX_INFLATE_RATIO * stored + _SLACK_BYTES:
+            raise WeightsError(
+                f"{where} declares shape {dataset.shape} ({dataset.nbytes} bytes) but occupies "
+                f"{stored} bytes of the file; cnnkit accepts at most {MAX_INFLATE_RATIO}:1 "
+                "(a fill-value or compression bomb?)"
+            )
+        self.budget -= dataset.nbytes
+        if self.budget < 0:
+            raise WeightsError(
+                f"{where}: with it the datasets exceed {MAX_OUTPUT_RATIO} times the file's "
+                "size (plus 64 MiB), which cnnkit accepts; the file declares more than it holds"
+            )
+
+
+def _check_global_heaps(source: Path) -> None:
+    """Refuse a file whose global heap would send libhdf5 into an endless loop.
+
+    libhdf5 (1.14) walks a heap collection object by object, stepping by each object's
+    size; a free-space object of size 0 never steps, and reading a variable-length string
+    (Keras 2 layer names) then spins forever in C, where no signal can stop it. The fuzz
+    found this with one flipped byte. Walk each collection the same way first.
+    """
+    with open(source, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            start = data.find(b"GCOL")
+            while start != -1:
+                _check_collection(data, start, source)
+                start = data.find(b"GCOL", start + 4)
+
+
+def _check_collection(data: mmap.mmap, start: int, source: Path) -> None:
+    if start + _COLLECTION.size > len(data):
+        return
+    _, version, reserved, size = _COLLECTION.unpack_from(data, start)
+    if version != 1 or reserved != bytes(3) or not 4096 <= size <= len(data) - start:
+        return  # not a collection header (libhdf5 rejects it by itself if it is used as one)
+    end, at = start + size, start + _COLLECTION.size
+    while end - at >= _HEAP_OBJECT.size:
+        index, _, object_size = _HEAP_OBJECT.unpack_from(data, at)
+        step = object_size if index == 0 else _HEAP_OBJECT.size + -(-object_size // 8) * 8
+        if step == 0 or step > end - at:
+            raise WeightsError(
+                f"{source} is corrupted: the HDF5 global heap at byte {start} has an object of "
+                f"{object_size} bytes at byte {at}, which libhdf5 cannot walk past; save the "
+                "weights again with Keras"
+            )
+        at += step
 
 
 def _import_h5py() -> Any:
@@ -75,30 +206,37 @@ def _import_h5py() -> Any:
     return h5py
 
 
-def _read_layout(root: Any, source: Path) -> dict[str, np.ndarray]:
-    group = root["model_weights"] if "model_weights" in root and _has_attr(root["model_weights"], "layer_names") else root
+def _read_layout(tree: _Tree, source: Path) -> dict[str, np.ndarray]:
+    root = tree.root
+    nested = tree.child(root, "model_weights")
+    group = nested if nested is not None and _has_attr(nested, "layer_names") else root
     if _has_attr(group, "layer_names"):
-        return _read_keras2(group, source)
-    if "layers" in root:
-        return _read_keras3(root["layers"])
+        return _read_keras2(tree, group, source)
+    layers = tree.child(root, "layers")
+    if layers is not None:
+        return _read_keras3(tree, layers, source)
     raise WeightsError(
         f"{source} is HDF5 but not a Keras weights file: it has no 'layer_names' attribute "
         f"(Keras 2) and no 'layers' group (Keras 3); top-level entries: {sorted(root.keys())[:10]}"
     )
 
 
-def _read_keras2(group: Any, source: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def _read_keras2(tree: _Tree, group: Any, source: Path) -> dict[str, np.ndarray]:
+    out: dict[str, Any] = {}
     for layer in _string_list_attr(group, "layer_names"):
-        if layer not in group:
+        layer_group = tree.child(group, layer)
+        if not isinstance(layer_group, tree.h5py.Group):
             raise WeightsError(f"{source}: layer {layer!r} is listed in layer_names but has no group")
-        layer_group = group[layer]
         for weight in _string_list_attr(layer_group, "weight_names"):
             key = _keras2_key(layer, weight)
             if key in out:
                 raise WeightsError(f"{source}: weight {key!r} appears twice")
-            out[key] = _read_dataset(layer_group[weight])
-    return out
+            dataset = tree.child(layer_group, weight)
+            if not isinstance(dataset, tree.h5py.Dataset):
+                raise WeightsError(f"{source} is a corrupted Keras weights file: weight {weight!r} "
+                                   f"of layer {layer!r} is listed in weight_names but has no dataset")
+            out[key] = dataset
+    return tree.read_all(out)
 
 
 def _keras2_key(layer: str, weight: str) -> str:
@@ -111,21 +249,31 @@ def _keras2_key(layer: str, weight: str) -> str:
     return f"{layer}/{_KERAS1_ALIASES.get(stem, stem)}"
 
 
-def _read_keras3(layers: Any) -> dict[str, np.ndarray]:
+def _read_keras3(tree: _Tree, layers: Any, source: Path) -> dict[str, np.ndarray]:
     found: list[tuple[str, Any]] = []
+    seen: set[Any] = set()
 
-    def visit(name: str, obj: Any) -> None:
-        parts = name.split("/")
-        if len(parts) >= 2 and parts[-2] == "vars" and hasattr(obj, "shape"):
-            found.append((name, obj))
+    def visit(group: Any, prefix: str, depth: int) -> None:
+        # A walk of our own rather than visititems: every link is checked, each group is
+        # entered once (hard links can make cycles), and the depth is capped.
+        if depth > MAX_DEPTH or group.id in seen:
+            raise WeightsError(f"{source}: group {group.name} nests deeper than {MAX_DEPTH} levels "
+                               "or is reached twice; save the weights again with Keras")
+        seen.add(group.id)
+        for name, obj in tree.hard_children(group):
+            path = f"{prefix}{name}"
+            if isinstance(obj, tree.h5py.Group):
+                visit(obj, path + "/", depth + 1)
+            elif name and prefix.endswith("vars/") and isinstance(obj, tree.h5py.Dataset):
+                found.append((path, obj))
 
-    layers.visititems(visit)
+    visit(layers, "", 0)
     found.sort(key=lambda item: _natural_key(item[0]))
     out = {}
     for name, dataset in found:
         parts = [p for p in name.split("/") if p not in ("vars", "layers")]
-        out["/".join(parts)] = _read_dataset(dataset)
-    return out
+        out["/".join(parts)] = dataset
+    return tree.read_all(out)
 
 
 def _natural_key(name: str) -> list[Any]:

@@ -18,7 +18,8 @@ from safetensors.numpy import load_file, save_file
 from cnnkit.errors import WeightsError
 from cnnkit.io.atomic import atomic_path
 
-__all__ = ["read_safetensors", "read_safetensors_metadata", "write_safetensors"]
+__all__ = ["read_safetensors", "read_safetensors_metadata", "read_safetensors_shapes",
+           "write_safetensors"]
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -32,7 +33,9 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     source = _existing_file(path)
     try:
         return load_file(source)
-    except (SafetensorError, OSError, ValueError) as exc:
+    except MemoryError:
+        raise WeightsError(f"{source}: not enough memory to read its tensors") from None
+    except Exception as exc:  # any failure to parse untrusted bytes is a bad file
         raise _read_error(source, exc) from None
 
 
@@ -45,7 +48,17 @@ def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     try:
         with safe_open(source, framework="np") as handle:
             return dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
+    except Exception as exc:  # any failure to parse untrusted bytes is a bad file
+        raise _read_error(source, exc) from None
+
+
+def read_safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Return ``{name: shape}`` from the header alone: what the file holds, before reading it."""
+    source = _existing_file(path)
+    try:
+        with safe_open(source, framework="np") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as exc:  # any failure to parse untrusted bytes is a bad file
         raise _read_error(source, exc) from None
 
 

@@ -18,14 +18,12 @@ buffers, so peak memory stays close to the size of the returned arrays.
 
 from __future__ import annotations
 
-import math
+import io
 import os
 import struct
 import zipfile
-from collections import defaultdict
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,16 +33,21 @@ from cnnkit.io._torch_pickle import (
     STORAGE_DTYPES,
     RestrictedUnpickler,
     StorageRef,
-    TensorRef,
+    checked_stream,
     restricted_load,
 )
+from cnnkit.io._torch_tensors import materialize_all, select_state_dict, storages_in_order
 
 __all__ = ["read_torch"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # zip local file header, 30 bytes
-_NESTING_KEYS = ("state_dict", "model")
+# A DEFLATE entry may inflate to at most this many times its compressed size (plus a
+# MiB): weights compress about 1.1:1, so only crafted files come near it. The limits on
+# what the pickle describes are in cnnkit.io._torch_tensors.
+MAX_INFLATE_RATIO = 100
+_INFLATE_SLACK = 1 << 20
 
 
 def read_torch(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -84,8 +87,13 @@ def read_torch(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     f"{source} is not a PyTorch checkpoint: it starts with {head!r}, expected "
                     "a zip archive (torch.save) or a pickle (legacy torch.save)"
                 )
-        except (WeightsError, MemoryError):
+        except WeightsError:
             raise
+        except MemoryError:
+            raise WeightsError(
+                f"{source}: not enough memory to read it; the limits checked before "
+                "allocating passed, so the checkpoint is genuinely this large"
+            ) from None
         except Exception as exc:  # any parse failure of untrusted bytes is a bad file
             raise WeightsError(
                 f"{source} is not a readable PyTorch checkpoint (truncated or corrupted?): "
@@ -107,16 +115,56 @@ def _read_zip(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
         ) from None
     with archive:
         prefix = _zip_prefix(archive, source)
-        byteorder = _zip_byteorder(archive, prefix)
-        with archive.open(f"{prefix}/data.pkl") as pickled:
-            unpickler = RestrictedUnpickler(pickled, str(source))
-            obj = unpickler.load()
-        refs = _select_state_dict(obj, source)
+        byteorder = _zip_byteorder(archive, prefix, source)
+        with _open_member(archive, f"{prefix}/data.pkl", source) as member:
+            pickled = io.BytesIO(member.read())  # bounded by the entry's checked size
+        obj = RestrictedUnpickler(checked_stream(pickled, str(source)), str(source)).load()
+        refs = select_state_dict(obj, source)
 
         def read_storage(key: str, nbytes: int) -> np.ndarray:
             return _read_zip_member(archive, handle, f"{prefix}/data/{key}", nbytes, source)
 
-        return _materialize_all(refs, _storages_in_order(refs), read_storage, byteorder, source)
+        return materialize_all(refs, storages_in_order(refs), read_storage, byteorder, source)
+
+
+def _open_member(archive: zipfile.ZipFile, name: str, source: Path) -> BinaryIO:
+    """Open a zip entry after checking that what it declares fits the file."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise WeightsError(f"{source} is corrupted: record {name} is missing") from None
+    _check_entry(info, source)
+    return archive.open(info)
+
+
+def _check_entry(info: zipfile.ZipInfo, source: Path) -> None:
+    """Refuse entries whose sizes the file cannot justify, before anything is inflated.
+
+    zipfile stops inflating at the declared ``file_size``, so bounding that by the
+    compressed size bounds the memory an entry can cost.
+    """
+    on_disk = os.path.getsize(source)
+    if info.header_offset + info.compress_size > on_disk:
+        raise WeightsError(
+            f"{source} is truncated or corrupted: zip entry {info.filename} claims "
+            f"{info.compress_size} bytes at offset {info.header_offset}, past the end of the "
+            f"{on_disk}-byte file"
+        )
+    if info.compress_type == zipfile.ZIP_STORED:
+        return
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise WeightsError(
+            f"{source}: zip entry {info.filename} uses compression method "
+            f"{info.compress_type}; cnnkit reads stored or DEFLATE entries only (torch.save "
+            "writes stored entries: save the checkpoint again with torch.save)"
+        )
+    limit = MAX_INFLATE_RATIO * info.compress_size + _INFLATE_SLACK
+    if info.file_size > limit:
+        raise WeightsError(
+            f"{source}: zip entry {info.filename} would inflate {info.compress_size} bytes "
+            f"to {info.file_size}, more than the {MAX_INFLATE_RATIO}:1 cnnkit accepts "
+            "(a zip bomb?); save the checkpoint again with torch.save, which does not compress"
+        )
 
 
 def _zip_prefix(archive: zipfile.ZipFile, source: Path) -> str:
@@ -133,11 +181,11 @@ def _zip_prefix(archive: zipfile.ZipFile, source: Path) -> str:
     raise WeightsError(f"{source} is a zip archive but not a torch checkpoint: no data.pkl inside")
 
 
-def _zip_byteorder(archive: zipfile.ZipFile, prefix: str) -> str:
-    try:
-        order = archive.read(f"{prefix}/byteorder").decode("ascii").strip()
-    except KeyError:  # files from before the record existed are little-endian
-        return "little"
+def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, source: Path) -> str:
+    if f"{prefix}/byteorder" not in archive.NameToInfo:
+        return "little"  # files from before the record existed are little-endian
+    with _open_member(archive, f"{prefix}/byteorder", source) as record:
+        order = record.read(16).decode("ascii").strip()
     if order not in ("little", "big"):
         raise ValueError(f"byteorder record is {order!r}, expected 'little' or 'big'")
     return order
@@ -154,9 +202,10 @@ def _read_zip_member(archive: zipfile.ZipFile, handle: BinaryIO, name: str, nbyt
             f"{source} is corrupted: storage record {name} holds {info.file_size} bytes, "
             f"its tensors need {nbytes}"
         )
+    _check_entry(info, source)
     if info.compress_type != zipfile.ZIP_STORED:
-        # torch never compresses, but a re-zipped file may be; this path costs one extra copy.
-        return np.frombuffer(archive.read(name), dtype=np.uint8, count=nbytes).copy()
+        # torch never compresses, but a re-zipped file may be: inflate only what is needed.
+        return _inflate_exactly(archive, info, nbytes, source)
     # Read the stored bytes straight into the destination buffer: zipfile would first
     # build a bytes object of the whole record and double the memory of big layers.
     handle.seek(info.header_offset)
@@ -166,6 +215,25 @@ def _read_zip_member(archive: zipfile.ZipFile, handle: BinaryIO, name: str, nbyt
     name_len, extra_len = header[9], header[10]
     handle.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
     return _read_exactly(handle, nbytes, name, source)
+
+
+def _inflate_exactly(archive: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int,
+                     source: Path) -> np.ndarray:
+    buffer = np.empty(nbytes, dtype=np.uint8)
+    view, got = memoryview(buffer), 0
+    with archive.open(info) as member:
+        while got < nbytes:
+            chunk = member.read(min(1 << 20, nbytes - got))
+            if not chunk:
+                break
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+    if got != nbytes:
+        raise WeightsError(
+            f"{source} is truncated: storage record {info.filename} inflates to {got} bytes, "
+            f"its tensors need {nbytes}"
+        )
+    return buffer
 
 
 # ------------------------------------------------------------------------ legacy format
@@ -183,12 +251,12 @@ def _read_legacy(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{source}: unsupported legacy torch protocol {protocol!r}, expected 1001")
     sys_info = restricted_load(handle, str(source))
     little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
-    unpickler = RestrictedUnpickler(handle, str(source))
+    unpickler = RestrictedUnpickler(checked_stream(handle, str(source)), str(source))
     obj = unpickler.load()
     keys = restricted_load(handle, str(source))
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise WeightsError(f"{source} is corrupted: the storage key list is {type(keys).__name__}")
-    refs = _select_state_dict(obj, source)
+    refs = select_state_dict(obj, source)
     byteorder = "little" if little else "big"
     wanted = {ref.storage.key for ref in refs.values()}
     count_format = "<q" if little else ">q"
@@ -199,7 +267,7 @@ def _read_legacy(handle: BinaryIO, source: Path) -> dict[str, np.ndarray]:
         handle.seek(offsets[key])
         return _read_exactly(handle, nbytes, f"storage {key}", source)
 
-    return _materialize_all(refs, order, read_storage, byteorder, source)
+    return materialize_all(refs, order, read_storage, byteorder, source)
 
 
 def _legacy_offsets(handle: BinaryIO, keys: list[str], storages: dict[str, StorageRef],
@@ -234,6 +302,12 @@ def _legacy_offsets(handle: BinaryIO, keys: list[str], storages: dict[str, Stora
 
 
 def _read_exactly(handle: BinaryIO, nbytes: int, what: str, source: Path) -> np.ndarray:
+    left = os.fstat(handle.fileno()).st_size - handle.tell()
+    if nbytes > left:  # checked before allocating: the file must hold what it declares
+        raise WeightsError(
+            f"{source} is truncated: {what} needs {nbytes} bytes, only {max(left, 0)} are "
+            "left in the file"
+        )
     buffer = np.empty(nbytes, dtype=np.uint8)
     got = handle.readinto(memoryview(buffer)) if nbytes else 0
     if got != nbytes:
@@ -241,107 +315,3 @@ def _read_exactly(handle: BinaryIO, nbytes: int, what: str, source: Path) -> np.
             f"{source} is truncated: {what} needs {nbytes} bytes, only {got} are left in the file"
         )
     return buffer
-
-
-def _select_state_dict(obj: Any, source: Path) -> dict[str, TensorRef]:
-    """Find the state dict in a checkpoint object and flatten it to ``{name: TensorRef}``."""
-    while isinstance(obj, dict):
-        nested = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), dict)), None)
-        if nested is None:
-            break
-        obj = nested
-    if isinstance(obj, TensorRef):
-        raise WeightsError(f"{source} holds a single tensor, not a state dict of named tensors")
-    if not isinstance(obj, dict):
-        raise WeightsError(
-            f"{source} holds a {type(obj).__name__}, expected a state dict (a dict of tensors)"
-        )
-    refs: dict[str, TensorRef] = {}
-    for name, ref in _flatten(obj, ""):
-        short = name.removeprefix("module.")
-        if short in refs:
-            raise WeightsError(
-                f"{source}: key {name!r} collides with {short!r} once the DataParallel "
-                "'module.' prefix is removed"
-            )
-        refs[short] = ref
-    if not refs:
-        raise WeightsError(f"{source} holds no tensors (keys: {list(obj)[:10]})")
-    return refs
-
-
-def _flatten(mapping: dict, prefix: str) -> Iterable[tuple[str, TensorRef]]:
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, TensorRef):
-            yield name, value
-        elif isinstance(value, dict):
-            yield from _flatten(value, name + ".")
-
-
-def _storages_in_order(refs: dict[str, TensorRef]) -> list[str]:
-    return list(dict.fromkeys(ref.storage.key for ref in refs.values()))
-
-
-def _materialize_all(refs: dict[str, TensorRef], order: list[str],
-                     read_storage: Callable[[str, int], np.ndarray], byteorder: str,
-                     source: Path) -> dict[str, np.ndarray]:
-    """Read each storage once, cut its tensors out of it, then let the storage go."""
-    users: dict[str, list[str]] = defaultdict(list)
-    for name, ref in refs.items():
-        users[ref.storage.key].append(name)
-    out: dict[str, np.ndarray] = {}
-    for key in order:
-        names = users[key]
-        storage = refs[names[0]].storage
-        raw = read_storage(key, storage.numel * STORAGE_DTYPES[storage.dtype].itemsize)
-        for name in names:
-            out[name] = _materialize(refs[name], raw, len(names) == 1, byteorder, name, source)
-        del raw
-    return {name: out[name] for name in refs}
-
-
-def _materialize(ref: TensorRef, raw: np.ndarray, sole_user: bool, byteorder: str, name: str,
-                 source: Path) -> np.ndarray:
-    """Cut one tensor out of its storage bytes; reuse the buffer when nothing is lost."""
-    stored = STORAGE_DTYPES[ref.dtype].newbyteorder("<" if byteorder == "little" else ">")
-    elements = raw[: raw.size - raw.size % stored.itemsize].view(stored)
-    numel = math.prod(ref.shape)
-    first = ref.storage.base + ref.offset
-    if numel:
-        last = first + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
-        if last >= elements.size:
-            raise WeightsError(
-                f"{source} is corrupted: tensor {name!r} (shape {ref.shape}, stride "
-                f"{ref.stride}, offset {ref.offset}) reaches element {last} of a storage "
-                f"holding {elements.size}"
-            )
-    if numel == 0:
-        array = np.empty(ref.shape, dtype=stored)
-    elif sole_user and first == 0 and numel == elements.size and _is_contiguous(ref):
-        array = elements.reshape(ref.shape)
-    else:
-        strides = tuple(s * stored.itemsize for s in ref.stride)
-        window = np.lib.stride_tricks.as_strided(
-            elements[first:], shape=ref.shape, strides=strides, writeable=False
-        )
-        array = np.array(window, order="C")
-    return _to_native(array, ref.dtype)
-
-
-def _is_contiguous(ref: TensorRef) -> bool:
-    expected = 1
-    for size, stride in zip(reversed(ref.shape), reversed(ref.stride)):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _to_native(array: np.ndarray, torch_dtype: str) -> np.ndarray:
-    if not array.dtype.isnative:
-        array = array.byteswap().view(array.dtype.newbyteorder("="))
-    if torch_dtype == "bfloat16":
-        # bfloat16 is the upper half of a float32: shifting the bits up is exact.
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    return array

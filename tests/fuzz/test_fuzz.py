@@ -1,0 +1,162 @@
+"""Fuzz every file reader: mutants of a valid file are read or refused with a CnnkitError,
+never a crash, a hang, another exception, or an allocation beyond the memory limit.
+
+Each format runs in one subprocess (``_worker.py``) under ``RLIMIT_AS`` and a time limit per
+read, looping over hypothesis-generated mutations: bytes flipped, inserted, deleted, the file
+cut short, integers overwritten with edge values, numbers in text headers replaced.
+``CNNKIT_FUZZ_EXAMPLES`` sets the mutations per format (default 25, the same ones every run,
+so ``make test`` stays fast; ``make fuzz`` runs 2,000 fresh ones). The workers run side by
+side: each is mostly interpreter start-up. ``CNNKIT_FUZZ_MEMORY_MB`` (768) is what one read
+may allocate above the worker's baseline; ``CNNKIT_FUZZ_READ_TIMEOUT`` (10 s) bounds one read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hypothesis", reason="the fuzz workers draw mutations with hypothesis")
+
+EXAMPLES = int(os.environ.get("CNNKIT_FUZZ_EXAMPLES", "25"))
+MEMORY_MB = int(os.environ.get("CNNKIT_FUZZ_MEMORY_MB", "768"))
+READ_TIMEOUT = float(os.environ.get("CNNKIT_FUZZ_READ_TIMEOUT", "10"))
+# make test: the same mutations every run; make fuzz: new ones each time.
+DERANDOMIZE = os.environ.get("CNNKIT_FUZZ_RANDOM", "0") != "1"
+WORKER = Path(__file__).with_name("_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+RNG = np.random.default_rng(0)
+
+
+def _torch_state_dict():
+    torch = pytest.importorskip("torch", reason="the .pth base files are written by torch.save")
+    gen = torch.Generator().manual_seed(0)
+    sd = OrderedDict()
+    sd["features.0.weight"] = torch.randn(4, 3, 3, 3, generator=gen)
+    sd["features.0.bias"] = torch.randn(4, generator=gen)
+    sd["classifier.0.weight"] = torch.randn(5, 16, generator=gen)[:, ::2]  # a strided view
+    sd["classifier.0.bias"] = torch.arange(5, dtype=torch.int64)
+    sd["bn.running_mean"] = torch.randn(4, generator=gen).to(torch.float16)
+    return torch, sd
+
+
+def _torch_file(folder: Path, fmt: str):
+    torch, sd = _torch_state_dict()
+    path = folder / f"base-{fmt}.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=(fmt == "zip"))
+    return path, {name: tensor.contiguous().numpy() for name, tensor in sd.items()}
+
+
+def _safetensors_file(folder: Path):
+    from cnnkit.io import write_safetensors
+
+    arrays = {"conv.weight": RNG.standard_normal((3, 3, 2, 4)).astype(np.float32),
+              "conv.bias": np.arange(4, dtype=np.float64), "steps": np.array(7, np.int64)}
+    path = folder / "base.safetensors"
+    write_safetensors(path, arrays, {"note": "fuzz base 123"})
+    return path, dict(sorted(arrays.items()))
+
+
+def _h5_file(folder: Path):
+    h5py = pytest.importorskip("h5py", reason="the Keras reader needs the optional h5py")
+    kernel = RNG.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    bias = RNG.standard_normal(4).astype(np.float32)
+    path = folder / "base.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"block1_conv1", b"block1_pool"]
+        group = f.create_group("block1_conv1")
+        group.attrs["weight_names"] = [b"block1_conv1/kernel:0", b"block1_conv1/bias:0"]
+        group.create_dataset("block1_conv1/kernel:0", data=kernel)
+        group.create_dataset("block1_conv1/bias:0", data=bias)
+        f.create_group("block1_pool").attrs["weight_names"] = np.array([], dtype="S1")
+    return path, {"block1_conv1/kernel": kernel, "block1_conv1/bias": bias}
+
+
+def _model_file(folder: Path):
+    from cnnkit.layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
+    from cnnkit.model import Sequential
+
+    model = Sequential([Conv2d(4, 3, padding="same", name="conv1"), BatchNorm2d(name="bn1"), ReLU(),
+                        MaxPool2d(2), Flatten(), Dense(3, name="fc")], input_shape=(6, 6, 2))
+    path = folder / "base.safetensors"
+    model.save(path)
+    return path, {name: np.array(value) for name, value in model.state_dict().items()}
+
+
+def _image_file(folder: Path, fmt: str):
+    from PIL import Image
+
+    pixels = (RNG.random((12, 16, 3)) * 255).astype(np.uint8)
+    path = folder / f"base.{fmt}"
+    Image.fromarray(pixels).save(path, quality=90) if fmt == "jpg" else Image.fromarray(pixels).save(path)
+    with Image.open(path) as im:  # what a correct decoder gives, lossy or not
+        decoded = np.asarray(im.convert("RGB"), dtype=np.float32)
+    return path, {"image": decoded}
+
+
+FORMATS = {
+    "pth-zip": ("torch", ".pth", lambda d: _torch_file(d, "zip")),
+    "pth-legacy": ("torch", ".pth", lambda d: _torch_file(d, "legacy")),
+    "safetensors": ("safetensors", ".safetensors", _safetensors_file),
+    "h5": ("h5", ".h5", _h5_file),
+    "model": ("model", ".safetensors", _model_file),
+    "png": ("image", ".png", lambda d: _image_file(d, "png")),
+    "jpeg": ("image", ".jpg", lambda d: _image_file(d, "jpg")),
+}
+
+
+def _start_worker(folder: Path, fmt: str) -> subprocess.Popen:
+    reader, suffix, make = FORMATS[fmt]
+    base, expected = make(folder)
+    np.savez(folder / "expected.npz", **expected)
+    spec = {"format": fmt, "reader": reader, "suffix": suffix, "base": str(base),
+            "expected": str(folder / "expected.npz"), "names": list(expected),
+            "examples": EXAMPLES, "memory_mb": MEMORY_MB, "read_timeout": READ_TIMEOUT,
+            "derandomize": DERANDOMIZE}
+    (folder / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "CNNKIT_NUM_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, str(WORKER), str(folder / "spec.json")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return worker
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """Start every format's worker at once (they are mostly start-up time), then wait for each."""
+    started: dict[str, subprocess.Popen | str] = {}
+    for fmt in FORMATS:
+        try:
+            started[fmt] = _start_worker(tmp_path_factory.mktemp(fmt), fmt)
+        except pytest.skip.Exception as skip:
+            started[fmt] = str(skip)
+    yield started
+    for worker in started.values():
+        if isinstance(worker, subprocess.Popen) and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_mutated_files_are_read_or_refused(workers, fmt):
+    worker = workers[fmt]
+    if isinstance(worker, str):
+        pytest.skip(worker)
+    budget = 120 + EXAMPLES * 0.5  # reads take milliseconds; start-up takes seconds
+    try:
+        stdout, stderr = worker.communicate(timeout=budget)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        stdout, stderr = worker.communicate()
+        pytest.fail(f"{fmt}: the fuzz worker hung (more than {budget:.0f} s); output:\n{stdout}\n{stderr[-4000:]}")
+    assert worker.returncode >= 0, f"{fmt}: the worker died of signal {-worker.returncode}:\n{stderr[-4000:]}"
+    assert worker.returncode == 0, f"{fmt}: a mutant was mishandled:\n{stdout[-2000:]}\n{stderr[-6000:]}"
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    print(f"\nfuzz {json.dumps(summary)}")
+    assert summary["mutations"] >= EXAMPLES

@@ -1,0 +1,113 @@
+"""A cnnkit model file whose architecture asks for more than its tensors hold is refused
+before anything is built, and a malformed header is a WeightsError, in the API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from cnnkit import cli
+from cnnkit.checkpoint import load
+from cnnkit.errors import WeightsError
+from cnnkit.io import write_safetensors
+from cnnkit.layers import Dense, Flatten
+from cnnkit.model import Sequential
+
+
+def _small_model() -> Sequential:
+    return Sequential([Flatten(), Dense(3, name="fc")], input_shape=(2, 2, 1))
+
+
+def _forged(path, architecture) -> str:
+    """The tensors of the small model under a header that describes ``architecture``."""
+    text = architecture if isinstance(architecture, str) else json.dumps(architecture)
+    write_safetensors(path, _small_model().state_dict(),
+                      {"format": "cnnkit-model", "version": "1", "architecture": text})
+    return path
+
+
+def _dense_architecture(n_in: int, units: int) -> dict:
+    config = _small_model().get_config()
+    config["input_shape"] = [n_in]
+    config["layers"] = [{"class": "Dense", "config": {"units": units, "name": "fc"}}]
+    return config
+
+
+def _refused(path, match: str) -> str:
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsError, match=match) as info:
+            load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+    return str(info.value)
+
+
+def test_the_small_model_round_trips(tmp_path):
+    model = _small_model()
+    model.save(tmp_path / "m.safetensors")
+    got = load(tmp_path / "m.safetensors")
+    assert np.array_equal(got.state_dict()["fc.weight"], model.state_dict()["fc.weight"])
+
+
+@pytest.mark.parametrize("n_in,units", [(20_000, 15_000), (100_000, 100_000)])
+def test_an_architecture_bigger_than_the_tensors_is_refused_before_building(tmp_path, n_in, units):
+    path = _forged(tmp_path / "big.safetensors", _dense_architecture(n_in, units))
+    _refused(path, rf"gives layer fc \(Dense\) {n_in * units + units:,} parameters, but the "
+                   r"file holds 15 numbers for it; .* nothing was built")
+
+
+def test_a_convolution_bigger_than_the_tensors_is_refused(tmp_path):
+    config = _small_model().get_config()
+    config["input_shape"] = [64, 64, 3]
+    config["layers"] = [{"class": "Conv2d", "config": {"filters": 4096, "kernel_size": 3, "name": "fc"}},
+                        {"class": "Flatten", "config": {}},
+                        {"class": "Dense", "config": {"units": 4096, "name": "head"}}]
+    path = _forged(tmp_path / "conv.safetensors", config)
+    _refused(path, r"gives layer fc \(Conv2d\) 114,688 parameters, but the file holds 15")
+
+
+def test_the_cli_prints_one_line_for_a_forged_model_file(tmp_path, capsys):
+    path = _forged(tmp_path / "big.safetensors", _dense_architecture(100_000, 100_000))
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    code = cli.main(["classify", "--weights", str(path), str(image)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("cnnkit classify: ") and str(path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("architecture,match", [
+    ("{not json", r"the 'architecture' in the header is not JSON"),
+    ("[1, 2]", r"the 'architecture' in the header is a JSON list, not an object"),
+    ("[" * 100_000 + "]" * 100_000, r"the 'architecture' in the header is not JSON"),
+    ({"input_shape": [4], "layers": [{"class": "Dense", "config": [1]}]}, r"layer 0 \(Dense\) has bad arguments"),
+    ({"input_shape": [4], "layers": "Dense"}, r"layer 0 has unknown class None"),
+    ({"input_shape": [4], "layers": [], "meta": 5}, r"the architecture in its header is malformed"),
+])
+def test_a_malformed_architecture_is_a_weights_error(tmp_path, architecture, match):
+    from cnnkit.errors import CnnkitError
+
+    path = _forged(tmp_path / "bad.safetensors", architecture)
+    with pytest.raises(CnnkitError, match=match):
+        load(path)
+
+
+def test_memory_error_while_loading_names_the_file(tmp_path, monkeypatch):
+    from cnnkit import checkpoint
+
+    path = tmp_path / "m.safetensors"
+    _small_model().save(path)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(checkpoint, "read_safetensors", no_memory)
+    with pytest.raises(WeightsError, match=r"m\.safetensors: not enough memory to load this model"):
+        load(path)
