@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import h5py
 import numpy as np
 import pytest
+
+try:  # the optional h5py: without it the tests marked `h5py` skip, the rest run
+    import h5py
+except ImportError:
+    h5py = None
 
 from cnnkit.errors import CnnkitError, WeightsError
 from cnnkit.io import read_keras_h5
@@ -54,6 +58,7 @@ def _assert_same(got, want):
         assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
 
 
+@pytest.mark.h5py
 def test_keras2_application_layout(tmp_path):
     got = read_keras_h5(_write_keras2(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"))
     _assert_same(got, _expected_keras2())
@@ -61,15 +66,18 @@ def test_keras2_application_layout(tmp_path):
     assert got["fc1/kernel"].shape == (12, 6)                # (in, out)
 
 
+@pytest.mark.h5py
 def test_keras2_whole_model_file(tmp_path):
     path = _write_keras2(tmp_path / "model.h5", root_group="model_weights")
     _assert_same(read_keras_h5(path), _expected_keras2())
 
 
+@pytest.mark.h5py
 def test_keras2_chunked_layer_names(tmp_path):
     _assert_same(read_keras_h5(_write_keras2(tmp_path / "c.h5", chunked=True)), _expected_keras2())
 
 
+@pytest.mark.h5py
 def test_keras1_flat_weight_names(tmp_path):
     old_names = {"kernel": "W", "bias": "b"}
     path = _write_keras2(tmp_path / "k1.h5", weight_name=lambda layer, w: f"{layer}_{old_names[w]}_1:0")
@@ -91,6 +99,7 @@ def _write_keras3(path):
     return path
 
 
+@pytest.mark.h5py
 def test_keras3_weights_h5_layout(tmp_path):
     got = read_keras_h5(_write_keras3(tmp_path / "model.weights.h5"))
     assert np.array_equal(got["conv2d/0"], LAYERS["block1_conv1"]["kernel"])
@@ -102,6 +111,7 @@ def test_keras3_weights_h5_layout(tmp_path):
     assert len(got) == 6 + 9
 
 
+@pytest.mark.h5py
 def test_keras3_bfloat16_is_widened(tmp_path):
     path = tmp_path / "bf.weights.h5"
     values = np.array([1.5, -2.0, 3.140625], dtype=np.float32)
@@ -118,11 +128,13 @@ def test_missing_h5py_names_the_extra(tmp_path, monkeypatch):
         read_keras_h5(tmp_path / "any.h5")
 
 
+@pytest.mark.h5py
 def test_missing_file(tmp_path):
     with pytest.raises(WeightsError, match=r"cannot read .*absent\.h5: file not found"):
         read_keras_h5(tmp_path / "absent.h5")
 
 
+@pytest.mark.h5py
 def test_not_an_hdf5_file(tmp_path):
     path = tmp_path / "text.h5"
     path.write_text("not hdf5")
@@ -130,6 +142,7 @@ def test_not_an_hdf5_file(tmp_path):
         read_keras_h5(path)
 
 
+@pytest.mark.h5py
 def test_hdf5_without_keras_layout(tmp_path):
     path = tmp_path / "other.h5"
     with h5py.File(path, "w") as f:
@@ -138,6 +151,7 @@ def test_hdf5_without_keras_layout(tmp_path):
         read_keras_h5(path)
 
 
+@pytest.mark.h5py
 def test_listed_layer_without_group(tmp_path):
     path = _write_keras2(tmp_path / "broken.h5")
     with h5py.File(path, "a") as f:
@@ -146,6 +160,7 @@ def test_listed_layer_without_group(tmp_path):
         read_keras_h5(path)
 
 
+@pytest.mark.h5py
 def test_missing_weight_dataset(tmp_path):
     path = _write_keras2(tmp_path / "broken.h5")
     with h5py.File(path, "a") as f:

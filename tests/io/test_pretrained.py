@@ -12,17 +12,18 @@ import os
 import pickle
 import tracemalloc
 
-import h5py
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 import cnnkit
 from cnnkit.errors import WeightsError
 from cnnkit.io import load_pretrained, read_torch
 from cnnkit.io.pretrained import to_cnnkit
+
+# every test here maps files that PyTorch or Keras (h5py) wrote
+torch = pytest.importorskip("torch", reason="PyTorch, the test-only oracle, is not installed: pip install torch==2.13.0")
+h5py = pytest.importorskip("h5py", reason="h5py is not installed: pip install 'cnnkit[h5]'")
+F, nn = torch.nn.functional, torch.nn
 
 WIDTH = 1 / 16          # conv channels 4, 8, 16, 32, 32; fc 256
 SIZE = 64               # pool5 is 2 x 2
