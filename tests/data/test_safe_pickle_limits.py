@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pickle
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from cnnkit.data._safe_pickle import load_data_pickle
 from cnnkit.errors import DataError
+
+from refusal import assert_refused
 
 
 @pytest.mark.parametrize("data,match", [
@@ -22,15 +23,7 @@ from cnnkit.errors import DataError
 def test_declared_sizes_are_refused_before_allocating(tmp_path, data, match):
     path = tmp_path / "data_batch_1"
     path.write_bytes(data)
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match=match) as info:
-            load_data_pickle(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(info.value)
-    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+    assert_refused(load_data_pickle, path, DataError, match, peak_limit=16 << 20)
 
 
 def test_a_plain_batch_still_loads(tmp_path):

@@ -3,13 +3,14 @@ dataset whose size its bytes in the file do not justify."""
 
 from __future__ import annotations
 
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from cnnkit.errors import WeightsError
 from cnnkit.io import read_keras_h5
+
+from refusal import assert_refused
 
 h5py = pytest.importorskip("h5py", reason="the Keras reader needs the optional h5py")
 
@@ -44,16 +45,7 @@ def _keras2(path, make_kernel):
 
 
 def _refused(path, match: str) -> str:
-    tracemalloc.start()
-    try:
-        with pytest.raises(WeightsError, match=match) as info:
-            read_keras_h5(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(info.value)
-    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB allocated before refusing"
-    return str(info.value)
+    return assert_refused(read_keras_h5, path, WeightsError, match)
 
 
 def test_the_baseline_is_read(tmp_path):

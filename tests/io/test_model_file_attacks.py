@@ -4,7 +4,6 @@ before anything is built, and a malformed header is a WeightsError, in the API a
 from __future__ import annotations
 
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ from cnnkit.errors import WeightsError
 from cnnkit.io import write_safetensors
 from cnnkit.layers import Dense, Flatten
 from cnnkit.model import Sequential
+
+from refusal import assert_refused
 
 
 def _small_model() -> Sequential:
@@ -37,16 +38,7 @@ def _dense_architecture(n_in: int, units: int) -> dict:
 
 
 def _refused(path, match: str) -> str:
-    tracemalloc.start()
-    try:
-        with pytest.raises(WeightsError, match=match) as info:
-            load(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(info.value)
-    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB allocated before refusing"
-    return str(info.value)
+    return assert_refused(load, path, WeightsError, match)
 
 
 def test_the_small_model_round_trips(tmp_path):

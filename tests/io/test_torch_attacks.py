@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import struct
-import tracemalloc
 import zipfile
 
 import numpy as np
@@ -17,6 +16,8 @@ import pytest
 
 from cnnkit.errors import WeightsError
 from cnnkit.io import _torch_pickle, read_torch
+
+from refusal import assert_refused
 
 FLOATS = np.arange(4, dtype=np.float32)
 
@@ -96,16 +97,7 @@ def write(request, tmp_path):
 
 def _refused(path, match: str, peak_limit: int = 32 << 20) -> str:
     """Read ``path``; require a WeightsError naming it and matching, with a small peak."""
-    tracemalloc.start()
-    try:
-        with pytest.raises(WeightsError, match=match) as info:
-            read_torch(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(info.value)
-    assert peak < peak_limit, f"{peak / 2**20:.0f} MiB allocated before refusing"
-    return str(info.value)
+    return assert_refused(read_torch, path, WeightsError, match, peak_limit)
 
 
 def test_the_crafted_baseline_is_read(write):
