@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import CnnkitError
@@ -354,6 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnkit`` console script."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(args.command)
+        return _run(args)
+
+
+def _warning_printer(command: str):
+    """Warnings as one line each, like the errors: ``cnnkit <command>: warning: <message>``."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"cnnkit {command}: warning: {message}", file=file or sys.stderr)
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except CnnkitError as error:

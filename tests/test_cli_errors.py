@@ -108,3 +108,12 @@ def test_folder_images_are_scaled_to_unit_range_and_classify_does_the_same(capsy
     batch = load_batch(model, [str(tmp_path / "data" / "light" / "0.png")])
     expected = np.asarray(Image.open(tmp_path / "data" / "light" / "0.png"), np.float32) / 255
     np.testing.assert_allclose(batch[0], expected, atol=1e-6)
+
+
+def test_warnings_are_one_line_like_the_errors(capsys, tmp_path):
+    write_folder(tmp_path / "data", {"dark": 1, "light": 1})
+    (tmp_path / "data" / "dark" / "up").symlink_to(tmp_path / "data")
+    main(["train", "--data", str(tmp_path / "data"), "--epochs", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "cnnkit train: warning: ImageFolder: not following the link" in err
+    assert "UserWarning" not in err and "images.py" not in err
