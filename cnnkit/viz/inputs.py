@@ -51,6 +51,14 @@ def _digit(model, spec: str) -> np.ndarray:
 
 
 def load_test_data(spec: str, model, seed: int = 0):
-    """The test split of ``digits`` or an image folder, at the model's input size."""
+    """The test split of ``digits`` or an image folder, prepared as the model's own training data was:
+    a ``cnnkit train`` model (preprocessing ``unit``, or ``none`` from before folders were scaled)
+    reads the folder as training did; any other (``cnnkit transfer``, pretrained weights) reads it
+    as ``cnnkit classify`` reads photos for it."""
+    from ..classify import preprocessing_of
     from ..run import load_data
-    return load_data(spec, image_size=int(model.input_shape[0]), seed=seed)[1]
+    from ..transfer.run import load_images
+    mode = preprocessing_of(model)
+    if spec == "digits" or mode not in ("unit", "none"):
+        return load_images(spec, model, seed=seed)[1]
+    return load_data(spec, image_size=int(model.input_shape[0]), seed=seed, scale=mode == "unit")[1]
