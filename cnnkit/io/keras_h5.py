@@ -43,6 +43,7 @@ MAX_INFLATE_RATIO = 100
 _SLACK_BYTES = 1 << 20
 MAX_OUTPUT_RATIO = 8  # all datasets together, as for read_torch
 MAX_DEPTH = 32
+MAX_ATTRIBUTE_STRINGS = 100_000  # layer and weight names of one attribute
 _NUMERIC_KINDS = "biufc"
 # An HDF5 global heap collection (where variable-length strings live): "GCOL", version 1,
 # 3 reserved bytes, its size; then objects of index, references, 4 reserved bytes, size.
@@ -129,7 +130,27 @@ class _Tree:
         """Check every dataset, then read them: nothing is allocated before all pass."""
         for dataset in datasets.values():
             self.check(dataset)
-        return {key: _read_dataset(dataset) for key, dataset in datasets.items()}
+        return {key: self._read_dataset(dataset) for key, dataset in datasets.items()}
+
+    def _read_dataset(self, dataset: Any) -> np.ndarray:
+        array = np.asarray(dataset[()])
+        if "dtype" in dataset.attrs and self.strings(dataset, "dtype") == ["bfloat16"]:
+            array = (array.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return array
+
+    def strings(self, obj: Any, name: str) -> list[str]:
+        """The strings of ``obj``'s attribute ``name``, read only when the file declares a
+        string type of reasonable size: libhdf5 crashes reading some corrupted
+        variable-length sequences, so no other type is handed to it."""
+        attribute = obj.attrs.get_id(name)
+        count = int(np.prod(attribute.shape, dtype=np.int64)) if attribute.shape else 1
+        if attribute.get_type().get_class() != self.h5py.h5t.STRING or count > MAX_ATTRIBUTE_STRINGS:
+            raise WeightsError(
+                f"{self.source}: attribute {name!r} of {obj.name} is not a list of at most "
+                f"{MAX_ATTRIBUTE_STRINGS:,} strings (type {attribute.dtype}, {count:,} entries), as Keras "
+                "writes it: the file is corrupted or crafted; save the weights again with Keras"
+            )
+        return [_attr_text(value) for value in np.atleast_1d(obj.attrs[name])]
 
     def check(self, dataset: Any) -> None:
         """Refuse a dataset whose bytes are not in this file or do not justify its size."""
@@ -223,11 +244,11 @@ def _read_layout(tree: _Tree, source: Path) -> dict[str, np.ndarray]:
 
 def _read_keras2(tree: _Tree, group: Any, source: Path) -> dict[str, np.ndarray]:
     out: dict[str, Any] = {}
-    for layer in _string_list_attr(group, "layer_names"):
+    for layer in _string_list_attr(tree, group, "layer_names"):
         layer_group = tree.child(group, layer)
         if not isinstance(layer_group, tree.h5py.Group):
             raise WeightsError(f"{source}: layer {layer!r} is listed in layer_names but has no group")
-        for weight in _string_list_attr(layer_group, "weight_names"):
+        for weight in _string_list_attr(tree, layer_group, "weight_names"):
             key = _keras2_key(layer, weight)
             if key in out:
                 raise WeightsError(f"{source}: weight {key!r} appears twice")
@@ -281,27 +302,19 @@ def _natural_key(name: str) -> list[Any]:
     return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name) if tok]
 
 
-def _read_dataset(dataset: Any) -> np.ndarray:
-    array = np.asarray(dataset[()])
-    if _attr_text(dataset.attrs.get("dtype")) == "bfloat16":
-        array = (array.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return array
-
-
 def _has_attr(group: Any, name: str) -> bool:
     return name in group.attrs or f"{name}0" in group.attrs
 
 
-def _string_list_attr(group: Any, name: str) -> list[str]:
+def _string_list_attr(tree: _Tree, group: Any, name: str) -> list[str]:
     """Read a list-of-strings attribute, joining Keras's ``name0``, ``name1``... chunks."""
     if name in group.attrs:
-        values = list(group.attrs[name])
-    else:
-        values, chunk = [], 0
-        while f"{name}{chunk}" in group.attrs:
-            values.extend(group.attrs[f"{name}{chunk}"])
-            chunk += 1
-    return [_attr_text(v) for v in values]
+        return tree.strings(group, name)
+    values, chunk = [], 0
+    while f"{name}{chunk}" in group.attrs:
+        values.extend(tree.strings(group, f"{name}{chunk}"))
+        chunk += 1
+    return values
 
 
 def _attr_text(value: Any) -> str | None:

@@ -179,3 +179,17 @@ def test_many_small_fill_value_datasets_are_refused_together(tmp_path):
             group.create_group(name.decode()).create_dataset("kernel:0", shape=(245_760,), dtype="<f4")
     assert path.stat().st_size < 1 << 20
     _refused(path, r"with it the datasets exceed 8 times the file's size")
+
+
+@pytest.mark.parametrize("where", ["layer_names", "weight_names"])
+def test_name_attributes_that_are_not_strings_are_refused_before_libhdf5_reads_them(tmp_path, where):
+    """Found by `make fuzz`: a flipped type byte made `layer_names` a variable-length sequence
+    whose corrupted heap crashed libhdf5 (SIGSEGV) as h5py read it; names must be strings."""
+    path = _keras2(tmp_path / "w.h5", lambda g, name: g.create_dataset(name, data=KERNEL))
+    with h5py.File(path, "r+") as f:
+        holder = f if where == "layer_names" else f["dense"]
+        del holder.attrs[where]
+        sequences = np.empty(1, dtype=object)
+        sequences[0] = np.array([1, 2], np.int32)
+        holder.attrs.create(where, sequences, dtype=h5py.vlen_dtype(np.int32))
+    _refused(path, rf"attribute '{where}' of .* is not a list of at most 100,000 strings")
