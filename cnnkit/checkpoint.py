@@ -46,6 +46,10 @@ def load(path):
         model.load_state_dict(tensors)
     except MemoryError:
         raise WeightsError(f"{path}: not enough memory to load this model") from None
+    except CnnkitError as error:   # a layer's or the model's own words: say which file they are about
+        if str(path) in str(error):
+            raise
+        raise WeightsError(f"{path}: {error}") from None
     return model
 
 

@@ -84,11 +84,10 @@ def test_the_cli_prints_one_line_for_a_forged_model_file(tmp_path, capsys):
     ({"input_shape": [4], "layers": [], "meta": 5}, r"the architecture in its header is malformed"),
 ])
 def test_a_malformed_architecture_is_a_weights_error(tmp_path, architecture, match):
-    from cnnkit.errors import CnnkitError
-
     path = _forged(tmp_path / "bad.safetensors", architecture)
-    with pytest.raises(CnnkitError, match=match):
+    with pytest.raises(WeightsError, match=match) as info:
         load(path)
+    assert str(info.value).startswith(f"{path}: ")   # the layer's own words, and which file
 
 
 def test_memory_error_while_loading_names_the_file(tmp_path, monkeypatch):
