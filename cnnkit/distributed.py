@@ -19,56 +19,36 @@ what training needs on top of it:
 - sums of metrics, and small flags that rank 0's callbacks decide (stop, failed).
 
 A process that dies cannot answer a collective, and an MPI call waiting for it never returns.
-So every wait here polls its request and, twice a second, whether the other processes on this
-machine are still alive (their process ids are exchanged at the start); when one has gone,
-this process says which and ends the job with ``Abort``. A ``timeout`` covers processes on
-other machines. mpich's ``mpiexec`` also ends the job by itself when a process is killed.
+mpich's ``mpiexec`` ends the whole job as soon as one process dies (and ``cnnkit train
+--processes`` then names its rank, :mod:`cnnkit.launch`). For launchers that do not, every
+wait here polls its request and, twice a second, whether the other processes on this machine
+are still alive (their process ids are exchanged at the start); when one has gone, this
+process says which and ends the job with ``Abort``. A ``timeout`` covers processes on other
+machines.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError
 from .layers.fusion import backward_layers
+from .launch import INSTALL, launched_processes, write_process_table
 from .layers.norm import synchronised_batch_norm
 from .ops.threads import sharing_cores
 
 #: gradient bytes per allreduce (DDP's and Horovod's default size)
 BUCKET_BYTES = 25 * 2**20
-INSTALL = 'pip install "cnnkit[mpi]"'
-#: variables that MPI launchers set in the processes they start: Open MPI, Hydra (mpich, Intel MPI,
-#: Slurm's PMI), MVAPICH
-LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 _PEER_CHECK_SECONDS = 0.5
-
-
-def launched_processes(environ=os.environ) -> int:
-    """How many processes an MPI launcher (``mpiexec``) started this one among; 1 when it was not
-    started by one. Reads the launcher's environment, so mpi4py is not imported."""
-    for name in LAUNCHER_SIZE_VARIABLES:
-        value = environ.get(name, "")
-        if value.isdigit() and int(value) >= 1:
-            return int(value)
-    return 1
-
-
-def find_mpiexec() -> str | None:
-    """The ``mpiexec`` to start processes with: the one beside this Python (the mpich wheel puts it
-    in the environment's ``bin``), else the first on ``PATH``; None when there is none."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("mpiexec")
 
 
 def import_mpi():
@@ -129,6 +109,7 @@ class MPI:
         node.Free()
         self.bucket_bytes, self.sync_batch_norm, self.timeout = bucket_bytes, sync_batch_norm, timeout
         self._peers = self._neighbours()
+        self._failure_noticed = False
 
     @property
     def is_root(self) -> bool:
@@ -145,9 +126,11 @@ class MPI:
         pause = 0.0
         while not request.Test():
             now = time.monotonic()
-            if now - checked >= _PEER_CHECK_SECONDS:
+            if now - checked >= _PEER_CHECK_SECONDS or self._failure_noticed:
                 self._check_peers()
                 checked = now
+            if self._failure_noticed:
+                self._abort("the launcher reports that a process of the job failed")
             if self.timeout is not None and now - started > self.timeout:
                 self._abort(f"no answer from the other processes for {self.timeout:g} s")
             time.sleep(pause)
@@ -184,6 +167,7 @@ class MPI:
         """The block in which ``fit`` trains: this process's share of the cores, and batch norm on
         the global batch's statistics when there is more than one process."""
         with ExitStack() as stack:
+            stack.enter_context(self._failure_notices())
             stack.enter_context(sharing_cores(self.local_size))
             if self.sync_batch_norm and self.size > 1:
                 stack.enter_context(synchronised_batch_norm(self.sum))
@@ -207,8 +191,29 @@ class MPI:
     def _neighbours(self) -> dict[int, int]:
         """Rank -> process id of the other processes on this machine (whose life can be checked)."""
         everyone = self.comm.allgather((socket.gethostname(), os.getpid()))
+        if self.is_root:   # for cnnkit train --processes, to name a process that mpiexec reports dead
+            write_process_table({pid: rank for rank, (_, pid) in enumerate(everyone)})
         here = everyone[self.rank][0]
         return {rank: pid for rank, (host, pid) in enumerate(everyone) if host == here and rank != self.rank}
+
+    @contextmanager
+    def _failure_notices(self):
+        """While training, mpich's launcher without auto-cleanup (``mpiexec -disable-auto-cleanup``,
+        as ``cnnkit train --processes`` starts it) tells the processes that one failed with
+        SIGUSR1, whose default ends a process silently; here it names the process and ends the job."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+            yield
+            return
+        previous = signal.signal(signal.SIGUSR1, self._on_failure_notice)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+
+    def _on_failure_notice(self, signum, frame) -> None:
+        # noted, not acted on here: the handler may run in the middle of writing the checkpoint;
+        # the next wait, between writes, ends the job
+        self._failure_noticed = True
 
     def _check_peers(self) -> None:
         for rank, pid in self._peers.items():
@@ -220,6 +225,17 @@ class MPI:
               f"processes. The last checkpoint is intact: continue with --resume (resume=...), on any "
               f"number of processes", file=sys.stderr, flush=True)
         self.comm.Abort(1)
+
+
+def end_job(status: int) -> None:
+    """In a process that mpiexec started among several, after an error: end every process of the
+    job with ``status``, so that none waits for ever on this one. A lone process: nothing."""
+    if launched_processes() > 1 and "mpi4py" in sys.modules:
+        from mpi4py import MPI as mpi
+        if mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            mpi.COMM_WORLD.Abort(status)
 
 
 class _Pending:

@@ -35,7 +35,7 @@ def pytest_runtest_setup(item):
         if item.get_closest_marker(module) is not None and not _importable(module):
             pytest.skip(f"{module} is not installed; install {what}")
     if item.get_closest_marker("mpi") is not None:
-        from cnnkit.distributed import find_mpiexec
+        from cnnkit.launch import find_mpiexec
         if not _importable("mpi4py") or find_mpiexec() is None:
             pytest.skip(f"mpi4py or mpiexec is missing; install {MPI}")
 

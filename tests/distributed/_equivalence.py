@@ -10,7 +10,8 @@ import sys
 import numpy as np
 
 import cnnkit
-from cnnkit.distributed import MPI, launched_processes
+from cnnkit.distributed import MPI
+from cnnkit.launch import launched_processes
 from cnnkit.layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
 from cnnkit.optim import SGD
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit.distributed import find_mpiexec
+from cnnkit.launch import find_mpiexec
 
 pytestmark = pytest.mark.mpi
 WORKER = Path(__file__).with_name("_equivalence.py")

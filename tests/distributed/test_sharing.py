@@ -1,6 +1,7 @@
 """The pieces of data-parallel training that need no MPI: the shares of each batch, the gradient
 buckets and when they start, and batch norm on statistics summed over (simulated) processes."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -11,7 +12,8 @@ import pytest
 
 from cnnkit.data import ArrayDataset, batches
 from cnnkit.data.batches import share_of
-from cnnkit.distributed import MPI, GradientBuckets, launched_processes, plan_buckets
+from cnnkit.distributed import MPI, GradientBuckets, plan_buckets
+from cnnkit.launch import launched_processes
 from cnnkit.errors import ConfigError
 from cnnkit.layers import BatchNorm2d, Conv2d, Dense, Flatten, ReLU
 from cnnkit.layers.fusion import backward_layers, forward_layers
@@ -201,3 +203,11 @@ def test_fit_refuses_a_distributed_that_is_not_mpi():
     model = Sequential([Flatten(), Dense(2)], input_shape=(2, 2, 1))
     with pytest.raises(ConfigError, match="fit: distributed must be None or cnnkit.distributed.MPI"):
         model.fit((np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1])), verbose=0, distributed="mpi")
+
+
+def test_a_process_that_ended_is_seen_as_gone():
+    from cnnkit.distributed import _alive
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert _alive(child.pid) or child.poll() is not None
+    child.wait()
+    assert _alive(os.getpid()) and not _alive(child.pid)
