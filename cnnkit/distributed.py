@@ -220,6 +220,12 @@ class MPI:
             if not _alive(pid):
                 self._abort(f"process {rank} (pid {pid}) has ended")
 
+    def fail(self, error: BaseException) -> None:
+        """After ``error`` in this process's training: with other processes, say so and end the job
+        (they would wait for this one for ever); alone, return (the caller raises)."""
+        if self.size > 1:
+            self._abort(f"process {self.rank} failed: {type(error).__name__}: {error}")
+
     def _abort(self, what: str) -> None:
         print(f"cnnkit: distributed training: {what}; process {self.rank} ends the job of {self.size} "
               f"processes. The last checkpoint is intact: continue with --resume (resume=...), on any "

@@ -226,7 +226,11 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
             _run_epochs(run, val_data, start, history, checkpoint)
         hooks.on_train_end()
         if distributed is not None:   # a callback may have restored earlier weights on rank 0
-            model.load_state_dict(distributed.broadcast(model.state_dict()))
+            _broadcast_weights(distributed, model)
+    except BaseException as error:
+        if distributed is not None:
+            distributed.fail(error)   # the other processes would wait for this one for ever
+        raise
     finally:
         release_freed_memory()   # the steps' volumes, kept for reuse while training
     return history
@@ -272,6 +276,12 @@ def _broadcast_start(distributed: MPI, model, optimizer, schedule, start: int, h
         if schedule is not None:
             schedule.load_state_dict(state["schedule"])
     return state["start"], History.from_dict(state["history"])
+
+
+def _broadcast_weights(distributed: MPI, model) -> None:
+    state = distributed.broadcast(model.state_dict())
+    if not distributed.is_root:
+        model.load_state_dict(state)
 
 
 def _run_epochs(run: _Run, val_data, start: int, history: History, checkpoint) -> None:

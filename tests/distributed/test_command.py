@@ -119,3 +119,28 @@ def test_an_error_in_one_process_ends_the_job(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "cnnkit train: --resume: no checkpoint to resume at" in done.stderr
+
+
+FAILING_FIT = """
+import numpy as np, cnnkit
+from cnnkit.distributed import MPI
+from cnnkit.layers import Dense, Flatten
+distributed = MPI()
+def transform(image, rng):
+    if distributed.rank == 1:
+        raise ValueError("a broken image")
+    return image
+model = cnnkit.Sequential([Flatten(), Dense(2)], input_shape=(2, 2, 1))
+model.fit((np.zeros((8, 2, 2, 1), np.float32), np.zeros(8, np.int64)), batch_size=4, transform=transform,
+          verbose=0, distributed=distributed)
+"""
+
+
+@pytest.mark.mpi
+def test_an_error_in_one_process_of_fit_ends_the_job_naming_it():
+    from cnnkit.launch import find_mpiexec
+    started = time.monotonic()
+    done = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, "-c", FAILING_FIT],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and time.monotonic() - started < 30
+    assert "process 1 failed: ValueError: a broken image" in done.stderr
