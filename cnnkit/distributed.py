@@ -123,7 +123,7 @@ class MPI:
     def wait(self, request) -> None:
         """Wait for a non-blocking MPI request; end the job when a process it waits for has died."""
         started = checked = time.monotonic()
-        pause = 0.0
+        polls = 0
         while not request.Test():
             now = time.monotonic()
             if now - checked >= _PEER_CHECK_SECONDS or self._failure_noticed:
@@ -133,8 +133,10 @@ class MPI:
                 self._abort("the launcher reports that a process of the job failed")
             if self.timeout is not None and now - started > self.timeout:
                 self._abort(f"no answer from the other processes for {self.timeout:g} s")
-            time.sleep(pause)
-            pause = min(2 * pause or 1e-5, 1e-3)   # short waits stay short; long ones cost no core
+            # short waits stay short (the first millisecond or so polls, yielding the GIL to the
+            # batch loader); long ones, for a peer still computing, sleep and cost no core
+            polls += 1
+            time.sleep(0 if polls < 1000 else 1e-3)
 
     def start_sum(self, array: np.ndarray) -> "_Pending":
         """Start summing ``array`` over the processes; ``.wait()`` returns the sum."""
