@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,31 +209,40 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
     root = distributed is None or distributed.is_root
     if not root:   # one process speaks and writes: rank 0
         verbose, callbacks, checkpoint, resume = 0, (), None, None
-    if checkpoint is not None:
-        _check_checkpoint_path(checkpoint)
-    optimizer = optimizer if optimizer is not None else SGD(lr=0.01, momentum=0.9)
-    optimizer.bind(model.parameters())
-    hooks = CallbackList(callbacks, model, verbose)
-    start, history = _resume(resume, model, optimizer, schedule, hooks)
-    model.stop_training = False
-    run = _Run(model, optimizer, train_data, epochs, batch_size, seed, verbose, schedule, transform, hooks,
-               distributed)
+    with _failing_together(distributed):
+        if checkpoint is not None:
+            _check_checkpoint_path(checkpoint)
+        optimizer = optimizer if optimizer is not None else SGD(lr=0.01, momentum=0.9)
+        optimizer.bind(model.parameters())
+        hooks = CallbackList(callbacks, model, verbose)
+        start, history = _resume(resume, model, optimizer, schedule, hooks)
+        model.stop_training = False
+        run = _Run(model, optimizer, train_data, epochs, batch_size, seed, verbose, schedule, transform, hooks,
+                   distributed)
+        try:
+            hooks.on_train_begin()
+            if distributed is not None:   # after on_train_begin: a callback may set the learning rate
+                start, history = _broadcast_start(distributed, model, optimizer, schedule, start, history)
+            with distributed.training() if distributed is not None else nullcontext():
+                _run_epochs(run, val_data, start, history, checkpoint)
+            hooks.on_train_end()
+            if distributed is not None:   # a callback may have restored earlier weights on rank 0
+                _broadcast_weights(distributed, model)
+        finally:
+            release_freed_memory()   # the steps' volumes, kept for reuse while training
+    return history
+
+
+@contextmanager
+def _failing_together(distributed: MPI | None):
+    """An error in one of several processes ends them all (naming it): the others would wait
+    for it for ever. Alone, the error is simply raised."""
     try:
-        hooks.on_train_begin()
-        if distributed is not None:   # after on_train_begin: a callback may set the learning rate
-            start, history = _broadcast_start(distributed, model, optimizer, schedule, start, history)
-        with distributed.training() if distributed is not None else nullcontext():
-            _run_epochs(run, val_data, start, history, checkpoint)
-        hooks.on_train_end()
-        if distributed is not None:   # a callback may have restored earlier weights on rank 0
-            _broadcast_weights(distributed, model)
+        yield
     except BaseException as error:
         if distributed is not None:
-            distributed.fail(error)   # the other processes would wait for this one for ever
+            distributed.fail(error)
         raise
-    finally:
-        release_freed_memory()   # the steps' volumes, kept for reuse while training
-    return history
 
 
 @dataclass
