@@ -2,7 +2,8 @@
 
 ``python _equivalence.py OUT``: one process, no MPI (the reference);
 ``mpiexec -n 2 python _equivalence.py OUT``: two processes, each with half of every batch of 32.
-``--no-sync-batch-norm``: each process normalises with its own half; ``--steps=0``: no training.
+``--no-sync-batch-norm``: each process normalises with its own half; ``--steps=0``: no training;
+``--epochs=N`` (20 steps each), ``--checkpoint=PATH`` and ``--resume=PATH`` as in ``fit``.
 """
 
 import sys
@@ -33,11 +34,16 @@ def main(out: str, options: list[str]) -> None:
     if launched_processes() > 1:
         distributed = MPI(sync_batch_norm="--no-sync-batch-norm" not in options)
     model = net()
-    epochs = 0 if "--steps=0" in options else 1
+    epochs = 0 if "--steps=0" in options else int(_option(options, "--epochs", 1))
     model.fit((x, y), epochs=epochs, batch_size=BATCH, optimizer=SGD(lr=0.1, momentum=0.9), seed=5, verbose=0,
-              distributed=distributed)
+              distributed=distributed, checkpoint=_option(options, "--checkpoint"),
+              resume=_option(options, "--resume"))
     if distributed is None or distributed.is_root:
         np.savez(out, **model.state_dict())
+
+
+def _option(options: list[str], name: str, default=None):
+    return next((o.split("=", 1)[1] for o in options if o.startswith(name + "=")), default)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,13 @@ def test_without_batch_norm_sync_the_processes_train_another_model(one_process, 
     # the control: the oracle can tell two processes whose batch norm sees half the batch
     unsynced = train(tmp_path / "weights.npz", 2, "--no-sync-batch-norm")
     assert worst_relative_error(one_process, unsynced) > 1e-3
+
+
+def test_two_processes_resume_what_one_process_began_with_its_momentum(tmp_path):
+    # one process trains an epoch, two resume it for a second (rank 0's weights, momentum and epoch
+    # broadcast): the same as one process training both epochs
+    straight = train(tmp_path / "straight.npz", 1, "--epochs=2")
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    train(tmp_path / "first.npz", 1, "--epochs=1", f"--checkpoint={checkpoint}")
+    resumed = train(tmp_path / "resumed.npz", 2, "--epochs=2", f"--resume={checkpoint}")
+    assert worst_relative_error(straight, resumed) < 1e-5
