@@ -64,9 +64,9 @@ def import_mpi():
 def plan_buckets(entries: list[tuple[int, str]], bucket_bytes: int) -> list[list[int]]:
     """Cut gradients, given in the order backward produces them as ``(bytes, dtype)``, into buckets.
 
-    Consecutive gradients share a bucket until it holds ``bucket_bytes`` or more; a gradient of
-    another dtype starts a new bucket (one allreduce sends one type). Returns the positions of
-    each bucket's gradients. A gradient larger than ``bucket_bytes`` is a bucket by itself.
+    Consecutive gradients share a bucket until it holds ``bucket_bytes`` or more, so the last one
+    may take it past that size (a gradient is never split); a gradient of another dtype starts a
+    new bucket (one allreduce sends one type). Returns the positions of each bucket's gradients.
     """
     buckets: list[list[int]] = []
     size, dtype = 0, None
