@@ -44,12 +44,43 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """Run this very command in ``--processes`` processes started by ``mpiexec`` on this machine;
+    each finds itself launched (:func:`_join`)."""
+    from .launch import launch
+    return launch(args.processes, args.argv)
+
+
+def _join(args: argparse.Namespace):
+    """``cnnkit.distributed.MPI()`` in a process that ``mpiexec`` started among several, else None
+    (read from the launcher's environment: mpi4py is not imported by a lone process)."""
+    from .launch import launched_processes
+    launched = launched_processes()
+    if launched > 1 and args.processes not in (1, launched):
+        raise CnnkitError(f"--processes {args.processes}, but mpiexec started {launched} processes; give one "
+                          f"or the other")
+    if launched == 1:
+        return None
+    from .distributed import MPI
+    return MPI()
+
+
+def _must_launch(args: argparse.Namespace) -> bool:
+    from .launch import launched_processes
+    return args.processes > 1 and launched_processes() == 1
+
+
 def _train(args: argparse.Namespace) -> int:
     from .run import train_run
     from .train import say
+    if _must_launch(args):
+        return _launch(args)
     report = train_run(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, out=args.out, seed=args.seed,
-                       image_size=args.image_size, resume=args.resume, verbose=0 if args.quiet else 1)
+                       image_size=args.image_size, resume=args.resume, verbose=0 if args.quiet else 1,
+                       distributed=_join(args))
+    if report is None:   # a process other than rank 0: rank 0 reports
+        return 0
     written = "model.safetensors, checkpoint.safetensors, metrics.csv, metrics.jsonl, report.json"
     if (Path(args.out) / "report.html").is_file():
         written += ", report.html"
@@ -124,9 +155,17 @@ def _advise(args: argparse.Namespace) -> int:
 
 def _transfer(args: argparse.Namespace) -> int:
     from .transfer.run import transfer_run
+    if args.processes > 1 and args.mode not in ("finetune", "scratch"):
+        raise CnnkitError(f"--processes {args.processes}: --mode {args.mode} does not train data-parallel; use "
+                          f"--mode finetune or scratch with several processes, or leave --processes out")
+    if _must_launch(args):
+        return _launch(args)
     report = transfer_run(args.data, args.weights, arch=args.arch, mode=args.mode, layer=args.layer,
                           epochs=args.epochs, lr=args.lr, out=args.out, seed=args.seed, batch_norm=args.batch_norm,
-                          cache_dir=None if args.cache == "none" else args.cache, verbose=0 if args.quiet else 1)
+                          cache_dir=None if args.cache == "none" else args.cache, verbose=0 if args.quiet else 1,
+                          distributed=_join(args))
+    if report is None:   # a process other than rank 0: rank 0 reports
+        return 0
     if report["advice"]:
         print(report["advice"])
     print(f"wrote {args.out}/model.safetensors ({report['mode']}"
@@ -162,7 +201,14 @@ def _add_transfer_commands(commands) -> None:
     transfer.add_argument("--lr", type=float, default=0.01)
     transfer.add_argument("--out", default="runs/transfer", help="output folder")
     transfer.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _add_processes_option(transfer)
     transfer.set_defaults(run=_transfer)
+
+
+def _add_processes_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--processes", type=_positive_int, default=1,
+                         help="train data-parallel in N processes started by mpiexec on this machine (needs "
+                              "cnnkit[mpi]); or start cnnkit with mpiexec -n N yourself")
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -323,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/train", help="output folder")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _add_processes_option(train)
     train.set_defaults(run=_train)
 
     classify = commands.add_parser("classify", help="top classes of photos with pretrained weights")
@@ -355,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnkit`` console script."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])   # what --processes runs again, in each process
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(args.command)
         return _run(args)
@@ -383,7 +431,14 @@ def _run(args: argparse.Namespace) -> int:
     except MemoryError:
         print(f"cnnkit {args.command}: out of memory; use a smaller model, batch or image size",
               file=sys.stderr)
+    _end_job(2)
     return 2
+
+
+def _end_job(status: int) -> None:
+    """Under mpiexec, one process's error ends them all: the others would wait for it for ever."""
+    if "cnnkit.distributed" in sys.modules:
+        sys.modules["cnnkit.distributed"].end_job(status)
 
 
 if __name__ == "__main__":

@@ -140,9 +140,12 @@ def prepare_folder(out: str) -> Path:
 
 def train_run(data: str = "digits", model: str = "vgg_small", epochs: int = 10, batch_size: int = 32,
               lr: float | None = None, optimizer: str = "sgd", out: str = "runs/train", seed: int = 0,
-              image_size: int = 64, resume: bool = False, verbose: int = 1) -> dict:
+              image_size: int = 64, resume: bool = False, verbose: int = 1, distributed=None) -> dict | None:
     """Train, write ``model.safetensors`` (best by validation loss), ``checkpoint.safetensors``,
     ``metrics.csv``, ``metrics.jsonl`` and ``report.json`` into ``out``, and return the report.
+
+    With ``distributed`` (:class:`cnnkit.distributed.MPI`) every process trains its share of each
+    batch; rank 0 alone writes the files and returns the report, the others return None.
 
     A tenth of the training data is held out for validation (model selection); the test split
     is used once, on the best model, at the end. ``lr`` defaults to :data:`DEFAULT_LR` for a new
@@ -151,9 +154,10 @@ def train_run(data: str = "digits", model: str = "vgg_small", epochs: int = 10, 
     """
     if epochs < 1:
         raise ConfigError(f"--epochs must be at least 1; received {epochs}")
-    folder = prepare_folder(out)
+    root = distributed is None or distributed.is_root
+    folder = prepare_folder(out) if root else Path(out)   # one set of files: rank 0's
     checkpoint = folder / "checkpoint.safetensors"
-    if resume and not checkpoint.is_file():
+    if root and resume and not checkpoint.is_file():
         raise ConfigError(f"--resume: no checkpoint to resume at {checkpoint}")
     train, test = load_data(data, image_size, seed)
     fit_on, validation = split(train, fraction=VALIDATION_FRACTION, seed=seed)   # never the test set
@@ -170,7 +174,9 @@ def train_run(data: str = "digits", model: str = "vgg_small", epochs: int = 10, 
         callbacks.append(_SetLearningRate(opt, lr))
     history = net.fit(fit_on, epochs=epochs, batch_size=batch_size, optimizer=opt, validation=validation,
                       callbacks=callbacks, seed=seed, verbose=verbose, checkpoint=checkpoint,
-                      resume=checkpoint if resume else None)
+                      resume=checkpoint if resume else None, distributed=distributed)
+    if not root:
+        return None
     if guard.failed:
         raise ConfigError(_divergence_message(guard, opt.lr, fit_on, folder, best.saved_epoch))
     final = cnnkit_load(folder / "model.safetensors").evaluate(test)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .callbacks import Callback, CallbackList
-from .data import ArrayDataset, Dataset, batches
+from .data import ArrayDataset, Dataset, batches, subset
+from .distributed import MPI
 from .errors import ConfigError, DataError
 from .layers import Softmax
 from .layers.fusion import backward_layers, forward_layers
@@ -78,11 +80,15 @@ def frozen_prefix(layers) -> int:
 
 
 @uses_worker_pool
-def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray, distributed: MPI | None = None,
+               total: int | None = None) -> tuple[float, np.ndarray]:
     """One SGD step on a batch: forward, loss, backward, update. Returns the loss and the scores.
 
     A frozen prefix (see :func:`frozen_prefix`) runs in inference mode and is not back-propagated.
     From the first step on, freed memory is kept for the next step (:mod:`cnnkit.ops.allocator`).
+    With ``distributed``, ``(x, y)`` is this process's part of a batch of ``total`` examples: the
+    gradients are summed over the processes before the update (:meth:`MPI.backward`), and the
+    loss returned is the whole batch's.
     """
     keep_freed_memory()
     layers = scoring_layers(model)
@@ -91,7 +97,10 @@ def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tup
     loss, dscores = softmax_cross_entropy(scores, y)
     model.zero_grad()
     # nothing needs the gradient of the input images
-    backward_layers(layers[start:], dscores, need_input_grad=False)
+    if distributed is None:
+        backward_layers(layers[start:], dscores, need_input_grad=False)
+    else:
+        loss = distributed.backward(layers[start:], loss, dscores, total if total is not None else len(y))
     optimizer.step()
     return loss, scores
 
@@ -119,6 +128,13 @@ class _Metrics:
             top = np.argpartition(scores, -5, axis=1)[:, -5:]
             self.correct5 += float(np.sum(top == y[:, None]))
 
+    def reduce(self, distributed: MPI | None) -> "_Metrics":
+        """The sums over all processes (unchanged without ``distributed``)."""
+        if distributed is not None:
+            sums = distributed.sum(np.array([self.count, self.loss, self.correct, self.correct5], np.float64))
+            self.count, self.loss, self.correct, self.correct5 = (float(v) for v in sums)
+        return self
+
     def result(self, prefix: str = "") -> dict[str, float]:
         count = max(self.count, 1)
         logs = {f"{prefix}loss": self.loss / count, f"{prefix}accuracy": self.correct / count}
@@ -127,17 +143,25 @@ class _Metrics:
         return logs
 
 
-def evaluate(model, data, batch_size: int = 256, prefix: str = "") -> dict[str, float]:
-    """Mean loss, accuracy (and top-5 accuracy with more than five classes) over ``data``."""
+def evaluate(model, data, batch_size: int = 256, prefix: str = "", distributed: MPI | None = None
+             ) -> dict[str, float]:
+    """Mean loss, accuracy (and top-5 accuracy with more than five classes) over ``data``.
+
+    With ``distributed`` each process evaluates a consecutive share of ``data`` and the sums are
+    added over the processes: every process returns the numbers of the whole data.
+    """
     dataset = as_dataset(data, "data")
     if len(dataset) == 0:
         raise DataError("evaluate: the data is empty (0 examples); a loss and an accuracy need at least one")
+    if distributed is not None:
+        dataset = subset(dataset, np.array_split(np.arange(len(dataset)), distributed.size)[distributed.rank])
     metrics = _Metrics(model.output_shape[-1])
-    for x, y in batches(dataset, batch_size, shuffle=False, prefetch=1):
-        scores = scores_of(model, x)
-        loss, _ = softmax_cross_entropy(scores, y)
-        metrics.add(loss, scores, y)
-    return metrics.result(prefix)
+    if len(dataset):   # a process may have no share of a data set smaller than the processes
+        for x, y in batches(dataset, batch_size, shuffle=False, prefetch=1):
+            scores = scores_of(model, x)
+            loss, _ = softmax_cross_entropy(scores, y)
+            metrics.add(loss, scores, y)
+    return metrics.reduce(distributed).result(prefix)
 
 
 def predict(model, data, batch_size: int = 256) -> np.ndarray:
@@ -151,13 +175,13 @@ def predict(model, data, batch_size: int = 256) -> np.ndarray:
 
 def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimizer | None = None,
         validation=None, callbacks: list[Callback] = (), seed: int = 0, verbose: int = 1, schedule=None,
-        transform=None, checkpoint=None, resume=None) -> History:
+        transform=None, checkpoint=None, resume=None, distributed: MPI | None = None) -> History:
     """Train ``model`` on ``train`` with mini-batch gradient descent and back-propagation.
 
     Args:
         train: a Dataset or ``(x, y)`` with integer labels.
         epochs: passes over the training data (counting any epochs a resumed run already did).
-        batch_size: examples per step.
+        batch_size: examples per step (with ``distributed``: over all processes together).
         optimizer: an optimizer from :mod:`cnnkit.optim`; default ``SGD(lr=0.01, momentum=0.9)``.
         validation: data evaluated after every epoch (``val_loss``, ``val_accuracy``).
         callbacks: :mod:`cnnkit.callbacks` objects (early stopping, checkpoints, logs, NaN guard).
@@ -173,48 +197,135 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         resume: a training checkpoint to continue from; the callbacks continue from their saved
             state (the best value so far, patience) and the logs are rewritten from its history.
             The optimizer's state, learning rate included, is the checkpoint's.
+        distributed: :class:`cnnkit.distributed.MPI` for data-parallel training in processes
+            started by ``mpiexec``: each process trains on its share of every batch, the gradients
+            are averaged, batch norm uses the whole batch's statistics; rank 0 alone reads
+            ``resume`` (its state is broadcast), prints, runs the callbacks and writes ``checkpoint``.
+            Metrics, loss and validation are those of all processes together.
     """
-    from .checkpoint import load_training_checkpoint, read_callback_states, save_training_checkpoint
     train_data = _non_empty(as_dataset(train, "train"), "train")
     val_data = _non_empty(as_dataset(validation, "validation"), "validation") if validation is not None else None
-    _check_fit_arguments(epochs, batch_size, verbose)
-    if checkpoint is not None:
-        _check_checkpoint_path(checkpoint)
-    optimizer = optimizer if optimizer is not None else SGD(lr=0.01, momentum=0.9)
-    optimizer.bind(model.parameters())
-    hooks = CallbackList(callbacks, model, verbose)
-    history, start = History(), 0
-    if resume is not None:
-        start, history = load_training_checkpoint(resume, model, optimizer, schedule)
-        hooks.load_state_dict(read_callback_states(resume))
-        hooks.on_resume(history)
-    model.stop_training = False
-    try:
-        hooks.on_train_begin()
-        for epoch in range(start, epochs):
-            logs = _run_epoch(model, optimizer, train_data, epoch, epochs, batch_size, seed, verbose,
-                              schedule, transform, hooks)
-            if model.stop_training and hooks.failed:
-                break
-            if val_data is not None:
-                logs.update(evaluate(model, val_data, prefix="val_"))
-            _step_epoch_schedule(schedule, logs)
-            history.append(epoch + 1, logs)
-            if verbose:
-                say(_epoch_line(epoch + 1, epochs, logs))
-            # The best model and the logs first, the checkpoint last: a kill in between makes a
-            # resumed run redo this epoch (same seed, same result) and rewrite the logs from the
-            # checkpoint's history, so no epoch is lost from the files or written twice.
-            hooks.on_epoch_end(epoch + 1, logs)
-            if checkpoint is not None:
-                save_training_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history,
-                                         callbacks=hooks.state_dict())
-            if model.stop_training:
-                break
-        hooks.on_train_end()
-    finally:
-        release_freed_memory()   # the steps' volumes, kept for reuse while training
+    _check_fit_arguments(epochs, batch_size, verbose, distributed)
+    root = distributed is None or distributed.is_root
+    if not root:   # one process speaks and writes: rank 0
+        verbose, callbacks, checkpoint, resume = 0, (), None, None
+    with _failing_together(distributed):
+        if checkpoint is not None:
+            _check_checkpoint_path(checkpoint)
+        optimizer = optimizer if optimizer is not None else SGD(lr=0.01, momentum=0.9)
+        optimizer.bind(model.parameters())
+        hooks = CallbackList(callbacks, model, verbose)
+        start, history = _resume(resume, model, optimizer, schedule, hooks)
+        model.stop_training = False
+        run = _Run(model, optimizer, train_data, epochs, batch_size, seed, verbose, schedule, transform, hooks,
+                   distributed)
+        try:
+            hooks.on_train_begin()
+            if distributed is not None:   # after on_train_begin: a callback may set the learning rate
+                start, history = _broadcast_start(distributed, model, optimizer, schedule, start, history)
+            with distributed.training() if distributed is not None else nullcontext():
+                _run_epochs(run, val_data, start, history, checkpoint)
+            hooks.on_train_end()
+            if distributed is not None:   # a callback may have restored earlier weights on rank 0
+                _broadcast_weights(distributed, model)
+        finally:
+            release_freed_memory()   # the steps' volumes, kept for reuse while training
     return history
+
+
+@contextmanager
+def _failing_together(distributed: MPI | None):
+    """An error in one of several processes ends them all (naming it): the others would wait
+    for it for ever. Alone, the error is simply raised."""
+    try:
+        yield
+    except BaseException as error:
+        if distributed is not None:
+            distributed.fail(error)
+        raise
+
+
+@dataclass
+class _Run:
+    """What every epoch of a ``fit`` needs."""
+
+    model: object
+    optimizer: Optimizer
+    data: Dataset
+    epochs: int
+    batch_size: int
+    seed: int
+    verbose: int
+    schedule: object
+    transform: object
+    hooks: CallbackList
+    distributed: MPI | None
+
+
+def _resume(resume, model, optimizer, schedule, hooks) -> tuple[int, History]:
+    """The epoch to start from and the history so far: a checkpoint's, or none."""
+    if resume is None:
+        return 0, History()
+    from .checkpoint import load_training_checkpoint, read_callback_states
+    start, history = load_training_checkpoint(resume, model, optimizer, schedule)
+    hooks.load_state_dict(read_callback_states(resume))
+    hooks.on_resume(history)
+    return start, history
+
+
+def _broadcast_start(distributed: MPI, model, optimizer, schedule, start: int, history: History
+                     ) -> tuple[int, History]:
+    """Rank 0's weights, optimizer and schedule state, epoch and history on every process."""
+    state = distributed.broadcast({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "schedule": schedule.state_dict() if schedule is not None else None,
+                                   "start": start, "history": history.to_dict()})
+    if not distributed.is_root:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+    return state["start"], History.from_dict(state["history"])
+
+
+def _broadcast_weights(distributed: MPI, model) -> None:
+    state = distributed.broadcast(model.state_dict())
+    if not distributed.is_root:
+        model.load_state_dict(state)
+
+
+def _run_epochs(run: _Run, val_data, start: int, history: History, checkpoint) -> None:
+    from .checkpoint import save_training_checkpoint
+    model, hooks = run.model, run.hooks
+    for epoch in range(start, run.epochs):
+        logs, failed = _run_epoch(run, epoch)
+        if model.stop_training and failed:
+            break
+        if val_data is not None:
+            logs.update(evaluate(model, val_data, prefix="val_", distributed=run.distributed))
+        _step_epoch_schedule(run.schedule, logs)
+        history.append(epoch + 1, logs)
+        if run.verbose:
+            say(_epoch_line(epoch + 1, run.epochs, logs))
+        # The best model and the logs first, the checkpoint last: a kill in between makes a
+        # resumed run redo this epoch (same seed, same result) and rewrite the logs from the
+        # checkpoint's history, so no epoch is lost from the files or written twice.
+        hooks.on_epoch_end(epoch + 1, logs)
+        if checkpoint is not None:
+            save_training_checkpoint(checkpoint, model, run.optimizer, run.schedule, epoch + 1, history,
+                                     callbacks=hooks.state_dict())
+        _agree_to_stop(run)
+        if model.stop_training:
+            break
+
+
+def _agree_to_stop(run: _Run) -> bool:
+    """Whether a callback failed; with ``distributed``, every process takes rank 0's callbacks'
+    decisions (stop, failed), which only rank 0 runs."""
+    failed = run.hooks.failed
+    if run.distributed is not None:
+        stop, failed = run.distributed.decide(run.model.stop_training, failed)
+        run.model.stop_training = stop
+    return failed
 
 
 def say(line: str) -> None:
@@ -257,41 +368,55 @@ def _check_checkpoint_path(checkpoint) -> None:
                           f"({error.strerror or error}); give a path in a writable folder") from None
 
 
-def _check_fit_arguments(epochs, batch_size, verbose) -> None:
+def _check_fit_arguments(epochs, batch_size, verbose, distributed) -> None:
     for name, value, minimum in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("verbose", verbose, 0)):
         if not isinstance(value, (int, np.integer)) or value < minimum:
             raise ConfigError(f"fit: {name} must be an int >= {minimum}; received {name}={value!r}")
+    if distributed is not None and not isinstance(distributed, MPI):
+        raise ConfigError(f"fit: distributed must be None or cnnkit.distributed.MPI(); received "
+                          f"{type(distributed).__name__}")
+    if distributed is not None and batch_size < distributed.size:
+        raise ConfigError(f"fit: batch_size={batch_size} is the batch of all {distributed.size} processes "
+                          f"together, so each would get less than one example; use batch_size >= "
+                          f"{distributed.size}")
 
 
-def _run_epoch(model, optimizer, data, epoch, epochs, batch_size, seed, verbose, schedule, transform, hooks):
-    rng = np.random.default_rng([seed, epoch])
-    _reseed_layers(model, seed, epoch)
+def _run_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], bool]:
+    """One pass over the data; returns the epoch's metrics and whether a callback failed."""
+    model, distributed = run.model, run.distributed
+    rank, processes = (distributed.rank, distributed.size) if distributed is not None else (0, 1)
+    rng = np.random.default_rng([run.seed, epoch])
+    _reseed_layers(model, run.seed, epoch, rank)
     metrics = _Metrics(model.output_shape[-1])
     started = time.perf_counter()
-    stream = batches(data, batch_size, shuffle=True, rng=rng, transform=transform)
-    with _progress(stream, epoch, epochs, verbose) as bar:
+    failed = False
+    stream = batches(run.data, run.batch_size, shuffle=True, rng=rng, transform=run.transform, part=(rank, processes))
+    with _progress(stream, epoch, run.epochs, run.verbose) as bar:
         for step, (x, y) in enumerate(stream, start=1):
-            loss, scores = train_step(model, optimizer, x, y)
+            loss, scores = train_step(model, run.optimizer, x, y, distributed, stream.totals[step - 1])
             metrics.add(loss, scores, y)
-            if isinstance(schedule, OneCycleLR):
-                schedule.step()
+            if isinstance(run.schedule, OneCycleLR):
+                run.schedule.step()
             logs = metrics.result()
-            hooks.on_batch_end(epoch + 1, step, {"loss": loss, **logs})
-            _advance(bar, logs, metrics.count / (time.perf_counter() - started))
+            run.hooks.on_batch_end(epoch + 1, step, {"loss": loss, **logs})
+            _advance(bar, logs, metrics.count * processes / (time.perf_counter() - started))
+            failed = _agree_to_stop(run)
             if model.stop_training:
                 break
     stream.close()
-    result = metrics.result()
+    result = metrics.reduce(distributed).result()
     result["images_per_second"] = metrics.count / max(time.perf_counter() - started, 1e-9)
-    result["lr"] = float(optimizer.lr)   # the record shows the rate each epoch really ran at
-    return result
+    result["lr"] = float(run.optimizer.lr)   # the record shows the rate each epoch really ran at
+    return result, failed
 
 
-def _reseed_layers(model, seed: int, epoch: int) -> None:
-    """Give each layer that draws random numbers (dropout) a generator of its own for this epoch."""
+def _reseed_layers(model, seed: int, epoch: int, rank: int = 0) -> None:
+    """Give each layer that draws random numbers (dropout) a generator of its own for this epoch
+    (and process: the processes' examples differ, so must their masks; one process is rank 0)."""
     for index, layer in enumerate(model.layers):
         if hasattr(layer, "_rng"):
-            layer._rng = np.random.default_rng([seed, epoch, index])
+            key = [seed, epoch, index] if rank == 0 else [seed, epoch, index, rank]
+            layer._rng = np.random.default_rng(key)
 
 
 def _step_epoch_schedule(schedule, logs: dict[str, float]) -> None:

@@ -3,7 +3,8 @@ package is missing, so the engine's own tests run with NumPy alone.
 
 - ``@pytest.mark.torch``: PyTorch, the test-only oracle (``pip install torch==2.13.0``);
 - ``@pytest.mark.matplotlib``: the pictures (``pip install 'cnnkit[viz]'``);
-- ``@pytest.mark.h5py``: Keras ``.h5`` files (``pip install 'cnnkit[h5]'``).
+- ``@pytest.mark.h5py``: Keras ``.h5`` files (``pip install 'cnnkit[h5]'``);
+- ``@pytest.mark.mpi``: mpi4py and an ``mpiexec`` to start processes with (``pip install 'cnnkit[mpi]'``).
 
 A module whose every test needs one marks itself with ``pytestmark``; a module that mixes them
 imports the package inside ``try``, so that it still loads without it.
@@ -20,15 +21,23 @@ OPTIONAL = {
 }
 
 
+MPI = "mpi4py and mpiexec, for data-parallel training: pip install 'cnnkit[mpi]'"
+
+
 def pytest_configure(config):
     for module, what in OPTIONAL.items():
         config.addinivalue_line("markers", f"{module}: needs {what}")
+    config.addinivalue_line("markers", f"mpi: needs {MPI}")
 
 
 def pytest_runtest_setup(item):
     for module, what in OPTIONAL.items():
         if item.get_closest_marker(module) is not None and not _importable(module):
             pytest.skip(f"{module} is not installed; install {what}")
+    if item.get_closest_marker("mpi") is not None:
+        from cnnkit.launch import find_mpiexec
+        if not _importable("mpi4py") or find_mpiexec() is None:
+            pytest.skip(f"mpi4py or mpiexec is missing; install {MPI}")
 
 
 def _importable(module: str) -> bool:

@@ -72,8 +72,11 @@ class Batches:
     epoch). Leaving the loop early, ``close()`` or garbage collection stops the thread.
     """
 
-    def __init__(self, dataset, chunks, transform, rng, prefetch: int):
+    def __init__(self, dataset, chunks, transform, rng, prefetch: int, totals: list[int] | None = None):
         self._dataset, self._chunks = dataset, chunks
+        #: examples in each batch over all processes (:func:`batches` with ``part``): this one's share
+        #: is ``len(y)``; without ``part`` the two are equal
+        self.totals = totals if totals is not None else [len(idx) for idx in chunks]
         self._transform, self._rng, self._prefetch = transform, rng, prefetch
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
@@ -144,7 +147,7 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
             rng: np.random.Generator | int | None = None, drop_last: bool = False,
-            transform: Transform | None = None, prefetch: int = 2) -> Batches:
+            transform: Transform | None = None, prefetch: int = 2, part: tuple[int, int] = (0, 1)) -> Batches:
     """Iterate ``dataset`` in batches ``(x, y)``: x float32 (B, H, W, C), y int64 (B,).
 
     Args:
@@ -157,6 +160,10 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
         drop_last: skip a final batch smaller than ``batch_size``.
         transform: ``t(img, rng)`` applied to each image, after the dataset's own.
         prefetch: batches prepared ahead in a background thread; 0 loads in the caller.
+        part: ``(rank, processes)`` in data-parallel training: every process draws the same
+            order and yields only its share of each batch (:func:`share_of`); ``Batches.totals``
+            gives each batch's size over all processes. Random transforms draw from a generator
+            of the process's own, the same as one process's for rank 0.
 
     The order is drawn when the function is called; random transforms draw from a
     child generator spawned from ``rng`` at the same time, so results do not depend on
@@ -179,8 +186,34 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
     order = rng.permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     chunks = [order[i:i + batch_size] for i in range(0, stop, batch_size)]
-    child = rng.spawn(1)[0] if transform is not None else None
-    return Batches(dataset, chunks, transform, child, prefetch)
+    rank, processes = _check_part(part)
+    chunks, totals = share_of(chunks, rank, processes)
+    # spawn(1)[0] == spawn(p)[0]: one process and rank 0 transform alike
+    child = rng.spawn(processes)[rank] if transform is not None else None
+    return Batches(dataset, chunks, transform, child, prefetch, totals)
+
+
+def share_of(chunks: list[np.ndarray], rank: int, processes: int) -> tuple[list[np.ndarray], list[int]]:
+    """Process ``rank``'s share of each batch of indices, and each batch's size over all processes.
+
+    A batch of ``B`` examples is cut into ``processes`` consecutive parts whose sizes differ by at
+    most one (``numpy.array_split``), so together the processes see each example of the batch
+    once. A final batch with fewer examples than processes is dropped: some process would get
+    none, and a batch-norm layer or a loss cannot run on an empty batch.
+    """
+    kept = [idx for idx in chunks if len(idx) >= processes]
+    if processes == 1:
+        return kept, [len(idx) for idx in kept]
+    return [np.array_split(idx, processes)[rank] for idx in kept], [len(idx) for idx in kept]
+
+
+def _check_part(part) -> tuple[int, int]:
+    ok = (isinstance(part, tuple) and len(part) == 2 and all(isinstance(v, int | np.integer) for v in part)
+          and part[1] >= 1 and 0 <= part[0] < part[1])
+    if not ok:
+        raise ConfigError(f"Invalid value for argument `part`: expected (rank, processes) with "
+                          f"0 <= rank < processes; received part={part!r}.")
+    return int(part[0]), int(part[1])
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

@@ -20,6 +20,8 @@ In-place work is decided here too, per call: a layer's input is handed over
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .base import Layer
@@ -45,10 +47,15 @@ def forward_layers(layers: list[Layer], x: np.ndarray, training_from: int = 0) -
     return x
 
 
-def backward_layers(layers: list[Layer], grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+def backward_layers(layers: list[Layer], grad: np.ndarray, need_input_grad: bool = True,
+                    on_layer_done: Callable[[Layer], None] | None = None) -> np.ndarray | None:
     """Back-propagate ``grad`` (the gradient of the last layer's output) through ``layers``, last
     first; return the gradient of the first layer's input (None when ``need_input_grad`` is False
     and the first layer can skip it).
+
+    ``on_layer_done(layer)``, when given, is called as soon as ``layer``'s backward has returned,
+    its parameters' gradients complete: data-parallel training starts sending them then, while
+    the layers before it are still back-propagating.
 
     ``grad`` itself is never written; a layer's gradient is when the layer after made it fresh.
     """
@@ -56,7 +63,10 @@ def backward_layers(layers: list[Layer], grad: np.ndarray, need_input_grad: bool
     for position in range(len(layers) - 1, -1, -1):
         layer = layers[position]
         if position == 0 and not need_input_grad and layer.skips_input_grad:
-            return layer.backward(grad, need_input_grad=False)
-        grad = layer.backward_owned(grad) if owned else layer.backward(grad)
+            grad = layer.backward(grad, need_input_grad=False)
+        else:
+            grad = layer.backward_owned(grad) if owned else layer.backward(grad)
         owned = layer.fresh_input_grad
+        if on_layer_done is not None:
+            on_layer_done(layer)
     return grad

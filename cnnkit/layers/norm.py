@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import numpy as np
 
 from ..arithmetic import batchnorm_params
 from ..errors import ConfigError, ShapeError
 from ..ops.norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
-                        batch_norm_train_backward, update_running)
+                        batch_norm_train_backward, batch_norm_train_synced, batch_norm_train_synced_backward,
+                        update_running)
 from ..parameter import Parameter
 from .base import Layer
+
+# The sum over processes that training forwards use for their batch statistics; None: this
+# process's batch alone. A context variable rather than a flag on each layer: it belongs to the
+# training step that runs, not to the model, and is gone when the step ends.
+_statistics_total: ContextVar = ContextVar("batch_statistics_total", default=None)
+
+
+@contextmanager
+def synchronised_batch_norm(total):
+    """Inside the block, every ``BatchNorm2d`` training forward normalises with the statistics of
+    the batch over all processes, ``total(array) -> array`` summing a float64 array over them
+    (data-parallel training: 2 processes at batch 16 compute what 1 process at batch 32 does)."""
+    token = _statistics_total.set(total)
+    try:
+        yield
+    finally:
+        _statistics_total.reset(token)
 
 
 class BatchNorm2d(Layer):
@@ -21,6 +42,10 @@ class BatchNorm2d(Layer):
     (beta) are learned (2C); ``running_mean`` and ``running_var`` are buffers, saved but not
     learned (2C).
     Works on volumes ``(B, H, W, C)`` and on vectors ``(B, C)``.
+
+    In data-parallel training (``fit(..., distributed=...)`` with more than one process) the
+    batch statistics, and the sums their backward needs, are those of the whole batch over all
+    processes (:func:`synchronised_batch_norm`), as PyTorch's ``SyncBatchNorm``.
 
     Frozen statistics (fine-tuning with batch norm "frozen", as in ``model.eval()`` for BN
     only): ``frozen_stats=True``, or set ``layer.frozen_stats = True`` (saved with the
@@ -72,23 +97,35 @@ class BatchNorm2d(Layer):
             y, x_hat, inv_std = batch_norm_frozen(x, mean, var, gamma, beta, self.eps)
             self._cache = ("frozen", x_hat, inv_std)
             return y
-        count = x.size // x.shape[-1]
-        if count < 2:
-            raise ShapeError(f"{self.label}: training needs more than one value per channel to estimate a "
-                             f"variance; received input shape {x.shape}; use a batch of at least 2, or "
-                             f"frozen_stats = True to normalise with the running statistics")
-        y, x_hat, inv_std, batch_mean, batch_var = batch_norm_train(x, gamma, beta, self.eps)
+        total = _statistics_total.get()
+        if total is None:
+            self._check_count(x.size // x.shape[-1], x.shape)
+            y, x_hat, inv_std, batch_mean, batch_var = batch_norm_train(x, gamma, beta, self.eps)
+            count, mode = x.size // x.shape[-1], "batch"
+        else:
+            y, x_hat, inv_std, batch_mean, batch_var, count = batch_norm_train_synced(x, gamma, beta, self.eps, total)
+            self._check_count(count, x.shape)   # the same global count on every process: all raise alike
+            mode = ("synced", total, count)
         update_running(mean, batch_mean, self.momentum)
         # the running variance estimates the population: unbiased, as PyTorch
         update_running(var, batch_var * (count / (count - 1)), self.momentum)
-        self._cache = ("batch", x_hat, inv_std)
+        self._cache = (mode, x_hat, inv_std)
         return y
+
+    def _check_count(self, count: int, shape) -> None:
+        if count < 2:
+            raise ShapeError(f"{self.label}: training needs more than one value per channel to estimate a "
+                             f"variance; received input shape {shape}; use a batch of at least 2, or "
+                             f"frozen_stats = True to normalise with the running statistics")
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         mode, x_hat, inv_std = self.take_cache()
         self.check_grad(dy, x_hat.shape)
         gamma, beta = self._params["weight"], self._params["bias"]
-        if mode == "batch":
+        if isinstance(mode, tuple):
+            _, total, count = mode
+            dx, dgamma, dbeta = batch_norm_train_synced_backward(dy, x_hat, inv_std, gamma.value, count, total)
+        elif mode == "batch":
             # x_hat was freed from the cache above, so its buffer can become dx
             dx, dgamma, dbeta = batch_norm_train_backward(dy, x_hat, inv_std, gamma.value, overwrite_x_hat=True)
         else:

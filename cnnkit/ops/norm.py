@@ -11,6 +11,13 @@ Statistics are taken per channel over every other axis: ``(B, H, W)`` for a volu
   ``y = x * scale + shift``, and ``dx = dy * gamma / sqrt(running_var + eps)``.
 
 ``gamma``/``beta`` gradients are ``sum(dy * x_hat)`` and ``sum(dy)`` in both cases.
+
+Synchronised over processes (data-parallel training), the statistics are those of the global
+batch: each process adds up ``N``, ``sum(x)`` and ``sum(x^2)`` over its part, ``total`` sums
+them over the processes (an allreduce), and ``mu = sum(x) / N``, ``var = sum(x^2) / N - mu^2``.
+The backward needs ``sum(dy)`` and ``sum(dy * x_hat)`` over the global batch too; the ``gamma`` and
+``beta`` gradients returned stay this process's part (the gradient allreduce adds them up).
+The sums are taken in float64, so the one-pass variance loses nothing a float32 network keeps.
 """
 
 from __future__ import annotations
@@ -60,6 +67,48 @@ def batch_norm_train_backward(dy: np.ndarray, x_hat: np.ndarray, inv_std: np.nda
     np.subtract(dy_rows, dx, out=dx)
     dx -= dbeta / count
     dx *= (gamma * inv_std).astype(dx.dtype, copy=False)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def batch_norm_train_synced(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, total
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`batch_norm_train` with the statistics of the batch over all processes.
+
+    ``total(array) -> array`` sums a float64 array over the processes. Returns
+    ``(y, x_hat, inv_std, mean, var, count)``, ``count`` being the values per channel over all processes.
+    """
+    rows = _rows(x)
+    dtype, channels = x.dtype, rows.shape[1]
+    local = np.empty(1 + 2 * channels)
+    local[0] = rows.shape[0]
+    local[1:1 + channels] = rows.sum(axis=0, dtype=np.float64)
+    local[1 + channels:] = np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+    sums = total(local)
+    count = int(round(sums[0]))
+    mean = sums[1:1 + channels] / count
+    var = np.maximum(sums[1 + channels:] / count - mean * mean, 0.0)   # rounding may dip below 0
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(dtype)
+    x_hat = rows - mean.astype(dtype)
+    x_hat *= inv_std
+    y = np.multiply(x_hat, gamma.astype(dtype, copy=False))
+    y += beta.astype(dtype, copy=False)
+    return y.reshape(x.shape), x_hat.reshape(x.shape), inv_std, mean.astype(dtype), var.astype(dtype), count
+
+
+def batch_norm_train_synced_backward(dy: np.ndarray, x_hat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray,
+                                     count: int, total) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(dx, dgamma, dbeta)`` for :func:`batch_norm_train_synced`: ``dx`` through the global
+    statistics (``count`` values per channel over all processes), ``dgamma``/``dbeta`` this process's part."""
+    dy_rows, xh_rows = _rows(dy), _rows(x_hat)
+    channels = dy_rows.shape[1]
+    dbeta = sum_rows(dy_rows)
+    dgamma = np.einsum("ij,ij->j", dy_rows, xh_rows)
+    sums = total(np.concatenate([dbeta, dgamma]).astype(np.float64))
+    dtype = dy.dtype
+    dx = np.multiply(xh_rows, (sums[channels:] / count).astype(dtype))
+    np.subtract(dy_rows, dx, out=dx)
+    dx -= (sums[:channels] / count).astype(dtype)
+    dx *= (gamma * inv_std).astype(dtype, copy=False)
     return dx.reshape(dy.shape), dgamma, dbeta
 
 

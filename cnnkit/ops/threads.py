@@ -7,7 +7,8 @@ BLAS to one thread, and the parallel work goes through :func:`run_parallel`: blo
 Winograd tiles or im2col rows, ranges of images, parts of a large matrix product
 (:func:`cnnkit.ops.products.matmul`). Each part is compiled code or NumPy that releases the GIL.
 
-``CNNKIT_NUM_THREADS`` sets the pool's size (default: the cores this process may use);
+``CNNKIT_NUM_THREADS`` sets the pool's size (default: the cores this process may use, divided
+among the training processes on this machine inside :func:`sharing_cores`, at least 1);
 ``CNNKIT_NUM_THREADS=1`` runs every part in the calling thread. ``OPENBLAS_NUM_THREADS``
 still sets BLAS's threads outside cnnkit's entry points.
 """
@@ -28,17 +29,31 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _blas_limiter = None
 _in_worker = threading.local()
+_sharing = [1]   # processes that share this machine's cores (data-parallel training); see sharing_cores
 
 
 def num_threads() -> int:
-    """Workers in the pool: ``CNNKIT_NUM_THREADS`` if set, else the cores available to this process."""
+    """Workers in the pool: ``CNNKIT_NUM_THREADS`` if set, else this process's share of the cores
+    it may use: ``cores // processes`` on this machine (:func:`sharing_cores`), at least 1."""
     value = os.environ.get(ENV_THREADS)
     if value is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // _sharing[-1])
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(f"environment variable {ENV_THREADS}={value!r} is not a positive integer; "
                           f"set it to the number of worker threads, e.g. {ENV_THREADS}=2, or unset it")
     return int(value)
+
+
+@contextmanager
+def sharing_cores(processes: int):
+    """Inside the block, ``processes`` training processes share this machine's cores, so the pool
+    takes ``cores // processes`` of them (no oversubscription); ``CNNKIT_NUM_THREADS`` still wins."""
+    _sharing.append(max(1, int(processes)))
+    try:
+        yield
+    finally:
+        _sharing.pop()
 
 
 def run_parallel(task, parts: int) -> list:

@@ -26,10 +26,17 @@ def load_images(spec: str, model, seed: int = 0):
 
 def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "auto", layer: str | None = None,
                  epochs: int = 10, lr: float = 0.01, out: str = "runs/transfer", seed: int = 0,
-                 batch_norm: bool = False, cache_dir="auto", verbose: int = 0) -> dict:
-    """Train ``mode`` (``auto``: the advisor's choice) and write ``out/model.safetensors`` and ``report.json``."""
+                 batch_norm: bool = False, cache_dir="auto", verbose: int = 0, distributed=None) -> dict | None:
+    """Train ``mode`` (``auto``: the advisor's choice) and write ``out/model.safetensors`` and ``report.json``.
+
+    ``distributed`` (:class:`cnnkit.distributed.MPI`) trains ``finetune`` and ``scratch`` data-parallel;
+    rank 0 alone writes and returns the report, the others return None.
+    """
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}; received {mode!r}")
+    if distributed is not None and mode not in ("finetune", "scratch"):
+        raise ConfigError(f"--mode {mode} does not train data-parallel over several processes; use --mode "
+                          f"finetune or scratch with them, or run --mode {mode} as one process")
     source = load_model(weights, arch, batch_norm)
     train, test = load_images(data, source, seed)
     advice = None
@@ -39,9 +46,12 @@ def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "
     if mode == "features":
         model = features(source, train, layer=layer, cache_dir=cache_dir, seed=seed)
     elif mode == "finetune":
-        model = finetune(source, train, layer=layer, epochs=epochs, lr=lr, seed=seed, verbose=verbose)
+        model = finetune(source, train, layer=layer, epochs=epochs, lr=lr, seed=seed, verbose=verbose,
+                         distributed=distributed)
     else:
-        model = scratch(source, train, epochs=epochs, lr=lr, seed=seed, verbose=verbose)
+        model = scratch(source, train, epochs=epochs, lr=lr, seed=seed, verbose=verbose, distributed=distributed)
+    if distributed is not None and not distributed.is_root:
+        return None   # one set of files: rank 0's
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.safetensors")

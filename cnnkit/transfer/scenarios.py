@@ -41,17 +41,17 @@ def _optimizer(lr: float, momentum: float, weight_decay: float, groups=None) -> 
 
 def scratch(model: Sequential, train, epochs: int = 10, batch_size: int = 32, lr: float = 0.05,
             momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, validation=None,
-            verbose: int = 0) -> Sequential:
+            verbose: int = 0, distributed=None) -> Sequential:
     """Train ``model``'s architecture from a fresh initialisation (seeded by ``seed``) on ``train``.
 
     The classifier gets one unit per class of ``train``; every weight learns at ``lr`` (SGD with
-    momentum and optional L2 ``weight_decay``).
+    momentum and optional L2 ``weight_decay``). ``distributed``: as in :func:`cnnkit.train.fit`.
     """
     data = as_dataset(train, "train")
     names = _classes(data)
     net = reinitialised(model, len(names), seed=seed, class_names=names)
     net.fit(data, epochs=epochs, batch_size=batch_size, optimizer=_optimizer(lr, momentum, weight_decay),
-            validation=validation, seed=seed, verbose=verbose)
+            validation=validation, seed=seed, verbose=verbose, distributed=distributed)
     net.meta["transfer"] = {"scenario": "scratch", "layer": None, "source": model.name}
     return net
 
@@ -89,7 +89,8 @@ def features(model: Sequential, train, layer: str | None = None, l2: float = 1e-
 
 def finetune(model: Sequential, train, layer: str | None = None, epochs: int = 10, head_epochs: int = 0,
              batch_size: int = 32, lr: float = 0.01, body_lr_ratio: float = 0.1, momentum: float = 0.9,
-             weight_decay: float = 0.0, seed: int = 0, validation=None, verbose: int = 0) -> Sequential:
+             weight_decay: float = 0.0, seed: int = 0, validation=None, verbose: int = 0,
+             distributed=None) -> Sequential:
     """Replace the classifier, freeze every layer up to ``layer``, train the rest.
 
     The new classifier learns at ``lr``, the unfrozen layers below it at ``lr * body_lr_ratio``
@@ -103,6 +104,7 @@ def finetune(model: Sequential, train, layer: str | None = None, epochs: int = 1
         head_epochs: when > 0, first train the new classifier alone for this many epochs (every
             other layer frozen), then unfreeze down to ``layer`` and train ``epochs`` more, as
             Keras' and fastai's two-phase fine-tuning does.
+        distributed: data-parallel training over MPI, as in :func:`cnnkit.train.fit`.
     """
     data = as_dataset(train, "train")
     if not isinstance(body_lr_ratio, (int, float)) or not 0 <= body_lr_ratio <= 1:
@@ -114,7 +116,7 @@ def finetune(model: Sequential, train, layer: str | None = None, epochs: int = 1
     for position, block in enumerate(net.layers):
         if isinstance(block, BatchNorm2d):   # the source's own flags are replaced by this cut
             block.frozen_stats = position <= cut
-    options = dict(batch_size=batch_size, validation=validation, seed=seed, verbose=verbose)
+    options = dict(batch_size=batch_size, validation=validation, seed=seed, verbose=verbose, distributed=distributed)
     if head_epochs > 0:
         net.freeze()
         net.unfreeze(head)
