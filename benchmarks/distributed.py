@@ -37,6 +37,7 @@ NETWORKS_GBIT = (10, 25, 100)
 LATENCY_SECONDS = 20e-6   # one hop of a ring step on an Ethernet cluster: an assumption, not measured here
 PROCESSES = (2, 4, 8, 16, 32, 64)
 PER_PROCESS_BATCH = 32
+FASTER = 100   # the chart also shows the model for a step this many times faster (GPU-class compute)
 
 
 def small_vgg16():
@@ -163,6 +164,18 @@ def predicted_speedups(mac_rate: float, overlap: float) -> list[tuple[int, dict[
     return rows
 
 
+def speedup_chart(lines: dict[str, list[tuple[int, float]]]) -> str:
+    """A Mermaid line chart (text, rendered by GitHub) of speed-up against processes, one line each."""
+    processes = [p for p, _ in next(iter(lines.values()))]
+    out = ["```mermaid", "xychart-beta", '    title "Predicted speed-up of VGG16 training"',
+           f"    x-axis \"processes\" [{', '.join(map(str, processes))}]",
+           f'    y-axis "speed-up" 0 --> {max(processes)}']
+    out += [f"    line [{', '.join(f'{value:.1f}' for _, value in points)}]" for points in lines.values()]
+    out.append("```")
+    legend = "; ".join(f"line {i + 1}: {label}" for i, label in enumerate(lines))
+    return "\n".join(out) + f"\n\nLines in order: {legend}."
+
+
 def _sizes(model) -> list[int]:
     return [p.size * 4 for layer in reversed(model.layers) for p in layer.parameters().values()]
 
@@ -187,8 +200,17 @@ def main() -> None:
           f"latency {LATENCY_SECONDS * 1e6:.0f} us per hop, {hidden:.0%} of communication hidden:\n")
     print("| processes | " + " | ".join(f"{g} Gbit/s" for g in NETWORKS_GBIT) + " |")
     print("|---|" + "---|" * len(NETWORKS_GBIT))
-    for p, row in predicted_speedups(mac_rate, hidden):
+    rows = predicted_speedups(mac_rate, hidden)
+    for p, row in rows:
         print(f"| {p} | " + " | ".join(f"{row[g]:.1f}" for g in NETWORKS_GBIT) + " |")
+    # where the curve bends: the same network with a step FASTER times quicker (an accelerator)
+    fast = predicted_speedups(FASTER * mac_rate, hidden)
+    slowest = min(NETWORKS_GBIT)
+    print("\n" + speedup_chart({
+        f"this CPU's step, {slowest} Gbit/s": [(p, row[slowest]) for p, row in rows],
+        f"a step {FASTER}x faster, {slowest} Gbit/s": [(p, row[slowest]) for p, row in fast],
+        f"a step {FASTER}x faster, {max(NETWORKS_GBIT)} Gbit/s": [(p, row[max(NETWORKS_GBIT)]) for p, row in fast],
+    }))
 
 
 if __name__ == "__main__":
