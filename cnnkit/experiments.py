@@ -36,6 +36,7 @@ class Spread:
 
     @property
     def mean(self) -> float:
+        """The mean over the runs."""
         return float(np.mean(self.values))
 
     @property
@@ -45,10 +46,12 @@ class Spread:
 
     @property
     def low(self) -> float:
+        """The smallest value of the runs."""
         return float(min(self.values))
 
     @property
     def high(self) -> float:
+        """The largest value of the runs."""
         return float(max(self.values))
 
     def __sub__(self, other: "Spread") -> "Spread":
