@@ -84,20 +84,25 @@ def measure_throughput(group) -> float:
 
 def measure_overlap(group) -> dict:
     from cnnkit.distributed import GradientBuckets
-    from cnnkit.layers.fusion import backward_layers, forward_layers
+    from cnnkit.executor import Tape, run_backward, run_forward
     from cnnkit.ops.loss import softmax_cross_entropy
+    from cnnkit.train import scoring_tensors
     model = small_vgg16()
     x, y = batch(GLOBAL_BATCH // group.size, seed=group.rank)
     layers = model.layers[:-1]   # up to the scores
+    scores_tensor = scoring_tensors(model)[0]
+    everything = frozenset(range(len(model.plan.steps)))
     exposed, full, backward = [], [], []
     for step in range(WARMUP + STEPS):
         for overlapped in (True, False):
-            _, dscores = softmax_cross_entropy(forward_layers(layers, x), y)
+            tape = Tape()
+            scores, = run_forward(model.plan, [x], [scores_tensor], everything, tape)
+            _, dscores = softmax_cross_entropy(scores, y)
             model.zero_grad()
             buckets = GradientBuckets(group, layers)
             started = time.perf_counter()
-            backward_layers(layers, dscores, need_input_grad=False,
-                            on_layer_done=buckets.layer_done if overlapped else None)
+            run_backward(model.plan, tape, {scores_tensor: dscores}, input_gradients=False,
+                         on_layer_done=buckets.layer_done if overlapped else None)
             done = time.perf_counter()
             if not overlapped:
                 for layer in reversed(layers):

@@ -4,10 +4,12 @@ from . import arithmetic, layers, models, optim
 from .errors import CnnkitError, ConfigError, DataError, ShapeError, WeightsError
 from .checkpoint import load
 from .gradcheck import GradcheckResult, gradcheck
-from .model import Sequential
+from .graph import Input
+from .layers import register_layer
+from .model import Model, Sequential
 from .parameter import Parameter
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "load", "Parameter", "CnnkitError", "ConfigError", "ShapeError", "WeightsError", "DataError",
+__all__ = ["Input", "Model", "Sequential", "register_layer", "load", "Parameter", "CnnkitError", "ConfigError", "ShapeError", "WeightsError", "DataError",
            "arithmetic", "layers", "models", "optim", "gradcheck", "GradcheckResult", "__version__"]

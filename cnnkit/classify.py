@@ -90,9 +90,9 @@ def class_names(model) -> Sequence[str]:
 def probabilities(model, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Class probabilities, applying a softmax when the model ends in scores."""
     from .ops.loss import softmax
-    from .train import scoring_layers
+    from .train import scoring_tensors
     scores = model.predict(x, batch_size)
-    return scores if len(scoring_layers(model)) < len(model.layers) else softmax(scores)
+    return scores if scoring_tensors(model) != model.plan.outputs else softmax(scores)
 
 
 def classify(model, paths: Sequence[str], top: int = 5, mode: str | None = None, batch_size: int = 8) -> list[dict]:

@@ -10,7 +10,7 @@ what training needs on top of it:
   continues on any number of processes;
 - the gradients, in buckets of about 25 MB (:func:`plan_buckets`): a bucket's allreduce starts,
   non-blocking, as soon as backward has produced its last gradient
-  (:class:`GradientBuckets`, called back by ``backward_layers`` after each layer), and every
+  (:class:`GradientBuckets`, called back by the executor's backward after each layer), and every
   bucket is waited for before the optimizer steps. Each process scales its loss gradient by its
   share of the global batch, so the sum over processes is the gradient of the global batch's
   mean loss;
@@ -41,7 +41,6 @@ from contextlib import ExitStack, contextmanager
 import numpy as np
 
 from .errors import ConfigError
-from .layers.fusion import backward_layers
 from .launch import INSTALL, launched_processes, write_process_table
 from .layers.norm import synchronised_batch_norm
 from .ops.threads import sharing_cores
@@ -175,16 +174,18 @@ class MPI:
                 stack.enter_context(synchronised_batch_norm(self.sum))
             yield
 
-    def backward(self, layers, loss: float, dscores: np.ndarray, total: int) -> float:
-        """Back-propagate this process's ``dscores`` (gradient of its mean ``loss`` over its part of a
-        batch of ``total`` examples) through ``layers`` and sum the gradients over the processes:
-        each parameter's ``grad`` becomes the gradient of the global batch's mean loss.
+    def backward(self, propagate, layers, loss: float, dscores, total: int) -> float:
+        """Back-propagate this process's ``dscores`` (gradients of its mean ``loss`` over its part of
+        a batch of ``total`` examples, one array per output) with ``propagate(on_layer_done)``, the
+        executor's backward through ``layers`` (in forward order), and sum the gradients over the
+        processes: each parameter's ``grad`` becomes the gradient of the global batch's mean loss.
         Returns the global batch's mean loss."""
-        count = len(dscores)
+        count = len(dscores[0])
         losses = self.start_sum(np.array([loss * count, count], np.float64))
-        dscores *= count / total   # d(global mean)/d(local mean); summed over processes: the global gradient
+        for part in dscores:
+            part *= count / total   # d(global mean)/d(local mean); summed over processes: the global gradient
         buckets = GradientBuckets(self, layers)
-        backward_layers(layers, dscores, need_input_grad=False, on_layer_done=buckets.layer_done)
+        propagate(on_layer_done=buckets.layer_done)
         buckets.finish()
         loss_sum, examples = losses.wait()
         return float(loss_sum / examples)
@@ -261,7 +262,7 @@ class GradientBuckets:
     """The gradients of ``layers`` summed over the processes in buckets, each bucket's allreduce
     started as soon as backward has finished the layers its gradients belong to.
 
-    Pass :meth:`layer_done` to ``backward_layers(..., on_layer_done=...)`` and call :meth:`finish`
+    Pass :meth:`layer_done` to ``run_backward(..., on_layer_done=...)`` and call :meth:`finish`
     after it: the parameters' ``grad`` are then the sums.
     """
 

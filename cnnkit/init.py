@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError
+from .parameter import describing, placeholder_array
 
 INITIALISERS = ("he", "glorot")
 
@@ -31,7 +32,10 @@ def glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.ra
 
 def initial_weight(scheme: str, shape: tuple[int, ...], fan_in: int, fan_out: int,
                    rng: np.random.Generator, layer: str) -> np.ndarray:
-    """A weight array drawn with the named scheme (``"he"`` or ``"glorot"``)."""
+    """A weight array drawn with the named scheme (``"he"`` or ``"glorot"``); a placeholder that
+    draws nothing inside :func:`cnnkit.parameter.describing_only`."""
+    if scheme in INITIALISERS and describing():
+        return placeholder_array(shape)
     if scheme == "he":
         return he_normal(shape, fan_in, rng)
     if scheme == "glorot":

@@ -3,8 +3,36 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
+
+# Inside describing_only(), parameters are shapes without numbers: placeholders that allocate
+# nothing, for a model built only to be described (its summary). A context variable: it belongs
+# to the block that builds, not to the process.
+_describing: ContextVar[bool] = ContextVar("describing_only", default=False)
+
+
+@contextmanager
+def describing_only():
+    """Build layers inside this block without allocating their weights: every weight is a
+    zero-strided placeholder of the right shape and dtype (``Parameter.placeholder`` is True).
+    Counting parameters, multiply-adds and memory works; computing with them is refused."""
+    token = _describing.set(True)
+    try:
+        yield
+    finally:
+        _describing.reset(token)
+
+
+def describing() -> bool:
+    """Are layers being built as descriptions only (:func:`describing_only`)?"""
+    return _describing.get()
+
+
+def placeholder_array(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A read-only array of ``shape`` that takes no memory (every element is the same zero)."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
 
 
 class Parameter:
@@ -26,22 +54,28 @@ class Parameter:
     arrays): keep no other reference to it that you write through.
     """
 
-    __slots__ = ("_value", "_view", "grad", "trainable", "version")
+    __slots__ = ("_value", "_view", "grad", "trainable", "version", "placeholder")
 
     def __init__(self, value: np.ndarray, trainable: bool = True):
         array = np.asarray(value)
-        # a read-only array (a memory map, a file's buffer) could never be updated in place
-        self._store(array if array.flags.writeable else array.copy())
+        #: built inside :func:`describing_only`: a shape without numbers
+        self.placeholder = describing()
+        if self.placeholder:
+            array = placeholder_array(array.shape, array.dtype)
+        elif not array.flags.writeable:
+            # a read-only array (a memory map, a file's buffer) could never be updated in place
+            array = array.copy()
+        self._store(array)
         self.grad: np.ndarray | None = None
         self.trainable = trainable
         self.version = 0
 
     def __getstate__(self):
         # the view is rebuilt on the copy: copied on its own it would stop following the value
-        return self._value, self.grad, self.trainable, self.version
+        return self._value, self.grad, self.trainable, self.version, self.placeholder
 
     def __setstate__(self, state) -> None:
-        value, self.grad, self.trainable, self.version = state
+        value, self.grad, self.trainable, self.version, self.placeholder = state
         self._store(value)
 
     def _store(self, array: np.ndarray) -> None:
@@ -59,6 +93,7 @@ class Parameter:
     def value(self, array: np.ndarray) -> None:
         # a copy: the caller's array stays the caller's, and writing to it cannot bypass the version
         self._store(np.array(array, copy=True))
+        self.placeholder = False
         self.version += 1
 
     @contextmanager

@@ -20,7 +20,7 @@ from .data import ArrayDataset, Dataset, batches, subset
 from .distributed import MPI
 from .errors import ConfigError, DataError
 from .layers import Softmax
-from .layers.fusion import backward_layers, forward_layers
+from .executor import Tape, run_backward, run_forward
 from .ops.allocator import keep_freed_memory, release_freed_memory
 from .ops.loss import softmax_cross_entropy
 from .ops.threads import uses_worker_pool
@@ -56,60 +56,93 @@ def as_dataset(data, argument: str) -> Dataset:
     raise DataError(f"{argument} must be a Dataset or an (x, y) tuple of arrays; received {type(data).__name__}")
 
 
-def scoring_layers(model) -> list:
-    """The layers up to the class scores: all of them, less a final Softmax."""
-    layers = model.layers
-    return layers[:-1] if layers and isinstance(layers[-1], Softmax) else layers
+def scoring_tensors(model) -> list[int]:
+    """The plan's tensors that hold the class scores: each output, or the input of a final Softmax."""
+    tensors = []
+    for output in model.plan.outputs:
+        position = model.plan.producer.get(output)
+        step = model.plan.steps[position] if position is not None else None
+        tensors.append(step.inputs[0] if step is not None and isinstance(step.layer, Softmax) else output)
+    return tensors
 
 
-def frozen_prefix(layers) -> int:
-    """How many leading layers form a frozen prefix: 0, or the position of the first layer with a
-    trainable parameter when at least one layer before it holds (frozen) parameters.
+def training_steps(model) -> frozenset[int]:
+    """The steps a training step runs in training mode: all but a frozen base.
 
-    :func:`train_step` runs the prefix in inference mode, as Keras' ``base_model(x, training=False)``:
-    no caches, no back-propagation into it, batch norm on its running statistics, dropout off.
-    A model without frozen layers has an empty prefix and trains exactly as before.
+    The frozen base is every step that depends on no trainable parameter (itself included), when
+    at least one of them holds (frozen) parameters. It runs in inference mode, as Keras'
+    ``base_model(x, training=False)``: no contexts kept, no back-propagation into it, batch norm
+    on its running statistics, dropout off. A model without frozen layers trains in full. In a
+    ``Sequential`` the base is the frozen prefix of the chain.
     """
-    has_frozen = False
-    for position, layer in enumerate(layers):
-        params = layer.parameters().values()
-        if any(param.trainable for param in params):
-            return position if has_frozen else 0
-        has_frozen = has_frozen or bool(params)
-    return len(layers) if has_frozen else 0
+    steps = model.plan.steps
+    depends_on_trainable: list[bool] = []
+    for step in steps:
+        own = any(param.trainable for param in step.layer.parameters().values())
+        inputs = (model.plan.producer.get(t) for t in step.inputs)
+        depends_on_trainable.append(own or any(p is not None and depends_on_trainable[p] for p in inputs))
+    base = [step for step, trained in zip(steps, depends_on_trainable) if not trained]
+    if not any(step.layer.parameters() for step in base):
+        return frozenset(range(len(steps)))
+    return frozenset(step.position for step, trained in zip(steps, depends_on_trainable) if trained)
 
 
 @uses_worker_pool
-def train_step(model, optimizer: Optimizer, x: np.ndarray, y: np.ndarray, distributed: MPI | None = None,
-               total: int | None = None) -> tuple[float, np.ndarray]:
+def train_step(model, optimizer: Optimizer, x, y, distributed: MPI | None = None,
+               total: int | None = None, loss_weights=None) -> tuple[float, np.ndarray]:
     """One SGD step on a batch: forward, loss, backward, update. Returns the loss and the scores.
 
-    A frozen prefix (see :func:`frozen_prefix`) runs in inference mode and is not back-propagated.
-    From the first step on, freed memory is kept for the next step (:mod:`cnnkit.ops.allocator`).
-    With ``distributed``, ``(x, y)`` is this process's part of a batch of ``total`` examples: the
-    gradients are summed over the processes before the update (:meth:`MPI.backward`), and the
-    loss returned is the whole batch's.
+    The loss is softmax cross-entropy on the class scores of each output (with several outputs,
+    ``y`` is a list of label arrays and the loss is the sum weighted by ``loss_weights``, default
+    1 each; the scores returned are a list). A frozen base (see :func:`training_steps`) runs in
+    inference mode and is not back-propagated. From the first step on, freed memory is kept for
+    the next step (:mod:`cnnkit.ops.allocator`). With ``distributed``, ``(x, y)`` is this
+    process's part of a batch of ``total`` examples: the gradients are summed over the processes
+    before the update (:meth:`MPI.backward`), and the loss returned is the whole batch's.
     """
     keep_freed_memory()
-    layers = scoring_layers(model)
-    start = frozen_prefix(layers)
-    scores = forward_layers(layers, x, training_from=start)
-    loss, dscores = softmax_cross_entropy(scores, y)
+    plan, targets = model.plan, scoring_tensors(model)
+    several = len(targets) > 1
+    labels = list(y) if several else [y]
+    weights = _loss_weights(loss_weights, len(targets))
+    tape = Tape()
+    scores = run_forward(plan, model._arrays(x), targets, training_steps(model), tape)
+    loss, gradients = 0.0, {}
+    for tensor, score, label, weight in zip(targets, scores, labels, weights):
+        part, dscores = softmax_cross_entropy(score, label)
+        loss += weight * part
+        if weight != 1.0:
+            dscores *= weight
+        gradients[tensor] = gradients[tensor] + dscores if tensor in gradients else dscores
     model.zero_grad()
-    # nothing needs the gradient of the input images
+
+    def propagate(on_layer_done=None):
+        # nothing needs the gradient of the input images
+        run_backward(plan, tape, gradients, input_gradients=False, on_layer_done=on_layer_done)
+
     if distributed is None:
-        backward_layers(layers[start:], dscores, need_input_grad=False)
+        propagate()
     else:
-        loss = distributed.backward(layers[start:], loss, dscores, total if total is not None else len(y))
+        layers = [plan.steps[p].layer for p in tape.ran]
+        loss = distributed.backward(propagate, list(dict.fromkeys(layers)), loss, list(gradients.values()),
+                                    total if total is not None else len(labels[0]))
     optimizer.step()
-    return loss, scores
+    return loss, (scores if several else scores[0])
+
+
+def _loss_weights(weights, count: int) -> list[float]:
+    if weights is None:
+        return [1.0] * count
+    weights = [float(w) for w in weights]
+    if len(weights) != count:
+        raise ConfigError(f"loss_weights: give one weight per output ({count}); received {len(weights)}")
+    return weights
 
 
 @uses_worker_pool
 def scores_of(model, x: np.ndarray) -> np.ndarray:
-    """Class scores in inference mode (no caches kept)."""
-    layers = scoring_layers(model)
-    return forward_layers(layers, x, training_from=len(layers))
+    """Class scores in inference mode (no contexts kept)."""
+    return run_forward(model.plan, model._arrays(x), scoring_tensors(model)[:1])[0]
 
 
 class _Metrics:

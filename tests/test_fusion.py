@@ -1,12 +1,12 @@
-"""A convolution and the ReLU after it, fused by Sequential: the same numbers, one pass less."""
+"""A convolution and the ReLU after it, fused by the executor: the same numbers, one pass less."""
 
 import numpy as np
 import pytest
 
 import cnnkit
 from cnnkit.errors import ConfigError
+from cnnkit.executor import run_forward
 from cnnkit.layers import Conv2d, Dense, Flatten, MaxPool2d, ReLU
-from cnnkit.layers.fusion import forward_layers
 
 
 def _model(seed=0):
@@ -69,7 +69,8 @@ def test_only_a_pair_in_the_same_mode_is_fused(monkeypatch):
     model = _model()
     x = np.random.default_rng(5).standard_normal((2, 12, 12, 3)).astype(np.float32)
     passes = _count_relu_passes(monkeypatch)
-    y = forward_layers(model.layers, x, training_from=1)   # the first convolution in inference mode
+    # the first convolution in inference mode, the rest in training mode
+    y, = run_forward(model.plan, [x], model.plan.outputs, frozenset(range(1, len(model.layers))))
     assert passes == ["relu_1", "relu_4"]
     np.testing.assert_allclose(y, model.forward(x), rtol=1e-6)
 
@@ -85,6 +86,4 @@ def test_a_layer_that_cannot_fuse_says_so():
     dense = Dense(3, name="fc")
     dense.build((4,))
     with pytest.raises(ConfigError, match="fc: cannot fuse activation 'relu'"):
-        dense.forward_fused(np.zeros((1, 4)), False, "relu")
-    with pytest.raises(ConfigError, match="fc: is not an activation"):
-        dense.adopt_fused(np.zeros((1, 3)), False)
+        dense.call(np.zeros((1, 4)), False, activation="relu")

@@ -4,13 +4,29 @@ from .activation import LeakyReLU, Maxout, PReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer
 from .conv import Conv2d
 from .dense import Dense, Dropout, Flatten, channels_first_dense_to_last
+from .merge import Add, Concatenate, Identity, Merge, Multiply
 from .norm import BatchNorm2d
 from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, ReLU, LeakyReLU, PReLU, Sigmoid, Tanh, Maxout,
-    Flatten, Dense, Dropout, BatchNorm2d, Softmax)}
+    Flatten, Dense, Dropout, BatchNorm2d, Softmax, Add, Concatenate, Multiply, Identity)}
 
 __all__ = ["LAYER_CLASSES", "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d", "ReLU",
            "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Maxout", "Flatten", "Dense", "Dropout",
-           "BatchNorm2d", "Softmax", "channels_first_dense_to_last"]
+           "BatchNorm2d", "Softmax", "Add", "Concatenate", "Multiply", "Identity", "Merge",
+           "channels_first_dense_to_last", "register_layer"]
+
+
+def register_layer(cls):
+    """Class decorator: make a custom :class:`Layer` subclass loadable from model files by its
+    class name (``@cnnkit.register_layer``). Files name classes; only registered ones are built."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer expects a Layer subclass; received {cls!r}")
+    known = LAYER_CLASSES.get(cls.__name__)
+    if known is not None and known is not cls:
+        from ..errors import ConfigError
+        raise ConfigError(f"register_layer: a layer class named {cls.__name__!r} is already registered "
+                          f"({known.__module__}); give the class another name")
+    LAYER_CLASSES[cls.__name__] = cls
+    return cls

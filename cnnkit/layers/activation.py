@@ -1,12 +1,11 @@
 """Activation layers: elementwise non-linearities, shape in = shape out (maxout excepted).
 
 In place: ``forward`` and ``backward`` never modify the arrays passed to them. The executor
-(``Sequential``, ``train_step``: :mod:`cnnkit.layers.fusion`) calls :meth:`Layer.forward_owned`
-instead when the input is a fresh output of the layer before that nobody else reads; then
-ReLU, LeakyReLU, Sigmoid and Tanh overwrite it and allocate no new volume. Likewise
-:meth:`Layer.backward_owned` lets ReLU overwrite a fresh input gradient of the layer after.
-The decision is the caller's, per call: a layer called directly (``model["relu_1"](x)``)
-leaves the caller's arrays alone.
+(:mod:`cnnkit.executor`) calls :meth:`Layer.call` with ``owned=True`` instead when the input
+is a fresh output that nothing else reads; then ReLU, LeakyReLU, Sigmoid and Tanh overwrite it
+and allocate no new volume. Likewise ``call_backward(..., owned=True)`` lets ReLU overwrite a
+fresh input gradient. The decision is the executor's, per call: a layer called directly
+(``model["relu_1"](x)``) leaves the caller's arrays alone.
 """
 
 from __future__ import annotations
@@ -29,29 +28,18 @@ class _Elementwise(Layer):
 
     in_place = True
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        return self._forward(x, training, overwrite=False)
-
-    def forward_owned(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """The activation computed in ``x``'s own memory (the caller hands ``x`` over)."""
-        return self._forward(x, training, overwrite=True)
-
-    def _forward(self, x: np.ndarray, training: bool, overwrite: bool) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        """The activation, computed in ``x``'s own memory when the caller hands ``x`` over
+        (``owned``); the context is the output, which the gradient is computed from."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
-        y = self._apply(x, x if overwrite else None)
-        self._cache = y if training else None
-        return y
+        y = self._apply(x, x if owned else None)
+        return y, (y if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self._backward(dy, overwrite=False)
-
-    def backward_owned(self, dy: np.ndarray) -> np.ndarray:
-        return self._backward(dy, overwrite=True)
-
-    def _backward(self, dy: np.ndarray, overwrite: bool) -> np.ndarray:
-        y = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        y = context
         self.check_grad(dy, y.shape)
-        return self._gradient(dy, y, overwrite)
+        return self._gradient(dy, y, owned)
 
     @abstractmethod
     def _apply(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -75,25 +63,11 @@ class ReLU(_Elementwise):
 
     wants_he_init = True
     fused_as = "relu"
-    #: The last forward was adopted from a layer that applied this ReLU (see ``adopt_fused``).
-    _applied_before = False
-
-    def _forward(self, x: np.ndarray, training: bool, overwrite: bool) -> np.ndarray:
-        self._applied_before = False
-        return super()._forward(x, training, overwrite)
-
-    def adopt_fused(self, y: np.ndarray, training: bool) -> np.ndarray:
-        self.check_input(y)
-        self._applied_before = True
-        self._cache = y if training else None
-        return y
 
     def _apply(self, x, out):
         return relu(x, out)
 
     def _gradient(self, dy, y, overwrite):
-        if self._applied_before:   # the layer before masks the gradient as it reads it
-            return dy
         return relu_backward(dy, y, out=dy if overwrite else None)
 
 
@@ -135,13 +109,13 @@ class PReLU(Layer):
     def param_count(self) -> int:
         return prelu_params(self.input_shape[-1])
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        self._refuse_activation(activation)
         x = self.check_input(x)
-        self._cache = x if training else None  # the slope's gradient needs x itself
-        return prelu(x, self._params["alpha"].value)
+        return prelu(x, self._params["alpha"].value), (x if training else None)  # the slope's gradient needs x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        x = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        x = context
         self.check_grad(dy, x.shape)
         alpha = self._params["alpha"]
         dx, dalpha = prelu_backward(dy, x, alpha.value, need_alpha_grad=alpha.trainable)
@@ -197,14 +171,14 @@ class Maxout(Layer):
                               f"pieces={self.pieces}; make the layer before output a multiple of {self.pieces}")
         return (*input_shape[:-1], channels // self.pieces)
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        self._refuse_activation(activation)
         x = self.check_input(x)
         y, argmax = maxout(x, self.pieces)
-        self._cache = argmax if training else None  # the winning piece per output, one byte each
-        return y
+        return y, (argmax if training else None)  # the winning piece per output, one byte each
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        argmax = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        argmax = context
         self.check_grad(dy, argmax.shape)
         return maxout_backward(dy, argmax, self.pieces)
 
@@ -221,14 +195,14 @@ class Softmax(Layer):
 
     in_place = True
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        self._refuse_activation(activation)
         x = self.check_input(x)
         y = softmax(x)
-        self._cache = y if training else None
-        return y
+        return y, (y if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        y = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        y = context
         self.check_grad(dy, y.shape)
         return softmax_backward(dy, y)
 

@@ -6,13 +6,14 @@ inferred), then maps batches ``(B, H, W, C) -> (B, H2, W2, C2)`` forward and gra
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 import inspect
 
 import numpy as np
 
 from ..arithmetic import ReceptiveField, Window, volume
 from ..errors import ConfigError, ShapeError
+from ..graph import connect, is_symbolic
 from ..parameter import Parameter
 
 Shape = tuple[int, int, int]
@@ -31,18 +32,19 @@ class Layer(ABC):
     #: Layers whose output overwrites their input or is a view of it (ReLU, Flatten, ...)
     #: allocate no new activation volume; the summary's memory totals skip them.
     in_place = False
-    #: The output of forward is a new array the layer keeps no reference to, so the next layer
-    #: may overwrite it (the executor then calls the next layer's :meth:`forward_owned`).
+    #: The output of :meth:`call` is a new array that the layer's context does not hold, so the
+    #: consumer may overwrite it when it is the only one (the executor decides, per call).
     fresh_output = False
-    #: Likewise for the gradient that backward returns (the executor then calls the layer
-    #: before's :meth:`backward_owned`).
+    #: Likewise for the input gradient that :meth:`call_backward` returns.
     fresh_input_grad = False
-    #: ``backward(dy, need_input_grad=False)`` skips computing the input gradient (a first layer).
+    #: ``call_backward(..., need_input_grad=False)`` skips computing the input gradient.
     skips_input_grad = False
-    #: Activations this layer can apply to its own output as it writes it (:meth:`forward_fused`).
+    #: Activations this layer can apply to its own output as it writes it (``call(activation=...)``).
     fusable_activations: tuple[str, ...] = ()
-    #: The activation this layer is, when the layer before may compute it instead (:meth:`adopt_fused`).
+    #: The activation this layer is, when its producer may compute it instead (the executor fuses).
     fused_as: str | None = None
+    #: How many input tensors the layer takes: 1, or None for any number (merge layers).
+    arity: int | None = 1
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -99,41 +101,61 @@ class Layer(ABC):
         return input_shape  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ computing
-    @abstractmethod
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Map a batch ``(B, *input_shape)`` to ``(B, *output_shape)``; cache for backward only in training."""
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False,
+             activation: str | None = None) -> tuple[np.ndarray, object]:
+        """Map a batch ``(B, *input_shape)`` to ``(B, *output_shape)``; return it with the context
+        that :meth:`call_backward` needs (None in inference).
 
-    @abstractmethod
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Return the gradient with respect to the input, adding parameter gradients into ``Parameter.grad``."""
+        The context is per call, so one layer can run at several places of a graph. ``owned``:
+        the caller hands ``x`` over (nobody reads it afterwards), so the layer may compute in its
+        memory. ``activation``: one of :attr:`fusable_activations`, applied to the output as it is
+        written; the backward then applies its derivative as it reads the gradient. Only an
+        executor that knows who reads what passes these two.
 
-    def forward_fused(self, x: np.ndarray, training: bool, activation: str) -> np.ndarray:
-        """``activation(forward(x))`` in one pass, for an ``activation`` in :attr:`fusable_activations`.
-
-        The activation layer after this one then adopts the result (:meth:`adopt_fused`) and its
-        backward passes the gradient through: this layer's backward applies the activation's
-        derivative as it reads the gradient.
+        Layers written to the first contract (``forward`` keeping a cache in ``self._cache``,
+        ``backward`` reading it) still work through this default, but such a layer object cannot
+        run at two nodes of one training pass.
         """
-        raise ConfigError(f"{self.label}: cannot fuse activation {activation!r}; it fuses "
-                          f"{list(self.fusable_activations) or 'none'}")
+        if type(self).forward is Layer.forward:
+            raise NotImplementedError(f"{type(self).__name__} must implement call (or forward)")
+        self._refuse_activation(activation)
+        y = self.forward(x, training)
+        context, self._cache = self._cache, None
+        return y, context
 
-    def adopt_fused(self, y: np.ndarray, training: bool) -> np.ndarray:
-        """Take ``y``, the output of the layer before with this (activation) layer already applied
-        by :meth:`forward_fused`; return it as this layer's output."""
-        raise ConfigError(f"{self.label}: is not an activation the layer before can compute")
-
-    def forward_owned(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """:meth:`forward` of an ``x`` the caller hands over: nobody reads it afterwards, so the
-        layer may overwrite it (activations compute in place). Only an executor that knows who
-        holds ``x`` calls this; ``forward`` never writes into its input."""
-        return self.forward(x, training)
-
-    def backward_owned(self, dy: np.ndarray) -> np.ndarray:
-        """:meth:`backward` of a ``dy`` the caller hands over (the layer may overwrite it)."""
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False,
+                      need_input_grad: bool = True) -> np.ndarray | None:
+        """The gradient with respect to the input, from the output's gradient ``dy`` and the
+        context of the training :meth:`call` it belongs to; parameter gradients are added into
+        ``Parameter.grad``. ``owned``: ``dy`` is handed over (the layer may overwrite it)."""
+        if type(self).backward is Layer.backward:
+            raise NotImplementedError(f"{type(self).__name__} must implement call_backward (or backward)")
+        self._cache = context
         return self.backward(dy)
 
-    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """:meth:`call` for a direct caller: ``x`` is never written, and the context of a training
+        call is kept in the layer for the next :meth:`backward` (a model's executor keeps contexts
+        itself and never uses this slot)."""
+        y, context = self.call(x, training)
+        self._cache = context if training else None
+        return y
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """The input gradient for the last :meth:`forward` in training mode (which it frees)."""
+        return self.call_backward(dy, self.take_cache(), need_input_grad=need_input_grad)
+
+    def __call__(self, x, training: bool = False):
+        """``layer(x)``: :meth:`forward` of an array, or, on symbolic tensors (``cnnkit.Input``), a
+        new node of a graph whose output tensor is returned (the functional API)."""
+        if is_symbolic(x):
+            return connect(self, x)
         return self.forward(x, training)
+
+    def _refuse_activation(self, activation: str | None) -> None:
+        if activation is not None and activation not in self.fusable_activations:
+            raise ConfigError(f"{self.label}: cannot fuse activation {activation!r}; it fuses "
+                              f"{list(self.fusable_activations) or 'none'}")
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` as the array to compute on; raise :class:`ShapeError` unless it is a non-empty
@@ -163,7 +185,7 @@ class Layer(ABC):
                              f"(the output of the last forward); received {received}")
 
     def take_cache(self):
-        """Return and forget what the last training forward cached (backward frees it)."""
+        """Return and forget the context the last training :meth:`forward` kept (backward frees it)."""
         if self._cache is None:
             raise ShapeError(f"{self.label}: backward called without a forward(x, training=True) before it")
         cache, self._cache = self._cache, None

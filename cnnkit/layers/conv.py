@@ -134,16 +134,10 @@ class Conv2d(Layer):
         """A convolution without an activation of its own can apply the ReLU layer after it."""
         return ("relu",) if self.activation is None else ()
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """``(B, H, W, C) -> (B, H2, W2, N)``; in training, keep the input (and a fused ReLU's output) for backward."""
-        return self._forward(x, training, relu=self.activation == "relu")
-
-    def forward_fused(self, x: np.ndarray, training: bool, activation: str) -> np.ndarray:
-        if activation not in self.fusable_activations:
-            return super().forward_fused(x, training, activation)
-        return self._forward(x, training, relu=True)
-
-    def _forward(self, x: np.ndarray, training: bool, relu: bool) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        """``(B, H, W, C) -> (B, H2, W2, N)``; the context keeps the input (and a ReLU's output, its mask)."""
+        self._refuse_activation(activation)
+        relu = self.activation == "relu" or activation == "relu"
         x = self.check_input(x)
         weight = self._params["weight"]
         bias = self._params["bias"].value if self.use_bias else None
@@ -154,8 +148,7 @@ class Conv2d(Layer):
             tile = WINOGRAD_TILES[algorithm]
             y = winograd_conv2d(x, weight.value, bias, self._windows, tile, self._transformed_filter(tile, x.dtype),
                                 relu=relu)
-        self._cache = (x, y if relu else None) if training else None
-        return y
+        return y, ((x, y if relu else None) if training else None)
 
     def _transformed_filter(self, tile: int, dtype) -> np.ndarray:
         """Winograd-transformed filters, recomputed only when the weight changed (its version)."""
@@ -167,9 +160,9 @@ class Conv2d(Layer):
             self._filter_cache[tile] = transform_filter(weight.value.astype(dtype, copy=False), tile)
         return self._filter_cache[tile]
 
-    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
         """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx`` (None when not needed)."""
-        x, relu_output = self.take_cache()
+        x, relu_output = context
         self.check_grad(dy, (x.shape[0], *self.output_shape))
         weight = self._params["weight"]
         algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm, backward=True)

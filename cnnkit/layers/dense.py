@@ -57,14 +57,14 @@ class Flatten(Layer):
         h, w, _ = self.input_shape if len(self.input_shape) == 3 else (1, 1, 1)
         return field[0].covering(h), field[1].covering(w)
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """A view of ``x`` when it is contiguous (the usual case), else a copy; nothing is cached."""
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        """A view of ``x`` when it is contiguous (the usual case), else a copy; the context is the batch size."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1), (x.shape[0] if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        batch = dy.shape[0] if isinstance(dy, np.ndarray) and dy.ndim else 0
-        self.check_grad(dy, (batch, *self.output_shape))
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        self.check_grad(dy, (context, *self.output_shape))
         return dy.reshape(dy.shape[0], *self.input_shape)
 
 
@@ -104,14 +104,15 @@ class Dense(Layer):
     def macs(self) -> int:
         return dense_macs(self.input_shape[0], self.units)
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        self._refuse_activation(activation)
         x = self.check_input(x)
         bias = self._params.get("bias")
-        self._cache = x if training else None  # the weight's gradient needs the input
-        return linear(x, self._params["weight"].value, None if bias is None else bias.value)
+        y = linear(x, self._params["weight"].value, None if bias is None else bias.value)
+        return y, (x if training else None)  # the weight's gradient needs the input
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        x = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        x = context
         self.check_grad(dy, (x.shape[0], self.units))
         weight, bias = self._params["weight"], self._params.get("bias")
         dx, dweight, dbias = linear_backward(dy, x, weight.value, need_weight_grad=weight.trainable,
@@ -140,22 +141,21 @@ class Dropout(Layer):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """Inference returns ``x`` itself (no copy); training returns a new, masked and scaled array."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
         if not training:
-            self._cache = None
-            return x
+            return x, None
         uniform = self._rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
         keep = uniform >= self.rate
         # the uniform draws are not needed any more: their buffer becomes the output
         y = np.multiply(x, keep, out=uniform) if uniform.dtype == x.dtype else np.multiply(x, keep)
         y *= 1.0 / (1.0 - self.rate)
-        self._cache = keep  # a boolean mask, one byte per activation
-        return y
+        return y, keep  # a boolean mask, one byte per activation
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        keep = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        keep = context
         self.check_grad(dy, keep.shape)
         dx = np.multiply(dy, keep, dtype=dy.dtype)
         dx *= 1.0 / (1.0 - self.rate)

@@ -86,17 +86,16 @@ class BatchNorm2d(Layer):
     def param_count(self) -> int:
         return batchnorm_params(self.input_shape[-1])[0]
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
+        self._refuse_activation(activation)
         x = self.check_input(x)
         gamma, beta = self._params["weight"].value, self._params["bias"].value
         mean, var = self._buffers["running_mean"], self._buffers["running_var"]
-        self._cache = None
         if not training:
-            return batch_norm_fixed(x, mean, var, gamma, beta, self.eps)
+            return batch_norm_fixed(x, mean, var, gamma, beta, self.eps), None
         if self.frozen_stats:
             y, x_hat, inv_std = batch_norm_frozen(x, mean, var, gamma, beta, self.eps)
-            self._cache = ("frozen", x_hat, inv_std)
-            return y
+            return y, ("frozen", x_hat, inv_std)
         total = _statistics_total.get()
         if total is None:
             self._check_count(x.size // x.shape[-1], x.shape)
@@ -109,8 +108,7 @@ class BatchNorm2d(Layer):
         update_running(mean, batch_mean, self.momentum)
         # the running variance estimates the population: unbiased, as PyTorch
         update_running(var, batch_var * (count / (count - 1)), self.momentum)
-        self._cache = (mode, x_hat, inv_std)
-        return y
+        return y, (mode, x_hat, inv_std)
 
     def _check_count(self, count: int, shape) -> None:
         if count < 2:
@@ -118,15 +116,15 @@ class BatchNorm2d(Layer):
                              f"variance; received input shape {shape}; use a batch of at least 2, or "
                              f"frozen_stats = True to normalise with the running statistics")
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        mode, x_hat, inv_std = self.take_cache()
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        mode, x_hat, inv_std = context
         self.check_grad(dy, x_hat.shape)
         gamma, beta = self._params["weight"], self._params["bias"]
         if isinstance(mode, tuple):
             _, total, count = mode
             dx, dgamma, dbeta = batch_norm_train_synced_backward(dy, x_hat, inv_std, gamma.value, count, total)
         elif mode == "batch":
-            # x_hat was freed from the cache above, so its buffer can become dx
+            # the context is this call's alone and is dropped after it: x_hat's buffer can become dx
             dx, dgamma, dbeta = batch_norm_train_backward(dy, x_hat, inv_std, gamma.value, overwrite_x_hat=True)
         else:
             dx, dgamma, dbeta = batch_norm_frozen_backward(dy, x_hat, inv_std, gamma.value,

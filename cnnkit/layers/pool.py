@@ -59,16 +59,16 @@ class MaxPool2d(_Pool2d):
     def cached_per_sample(self) -> int:
         return self.activations()  # the index of each maximum
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """``(B, H, W, C) -> (B, H2, W2, C)``; in training, keep which tap won each window."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
         y, winners = max_pool2d(x, self._windows, with_indices=training)
-        self._cache = (winners, x.shape) if training else None
-        return y
+        return y, ((winners, x.shape) if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
         """Each output gradient goes to the input pixel that was the maximum."""
-        winners, input_shape = self.take_cache()
+        winners, input_shape = context
         self.check_grad(dy, (input_shape[0], *self.output_shape))
         return max_pool2d_backward(dy, winners, self._windows, input_shape)
 
@@ -86,16 +86,16 @@ class AvgPool2d(_Pool2d):
         super().__init__(pool_size, stride, padding, name)
         self.count_include_pad = count_include_pad
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """``(B, H, W, C) -> (B, H2, W2, C)``; backward needs only the input shape."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
         y = avg_pool2d(x, self._windows, self.count_include_pad)
-        self._cache = x.shape if training else None
-        return y
+        return y, (x.shape if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
         """Each output gradient is shared among the pixels of its window."""
-        input_shape = self.take_cache()
+        input_shape = context
         self.check_grad(dy, (input_shape[0], *self.output_shape))
         return avg_pool2d_backward(dy, self._windows, input_shape, self.count_include_pad)
 
@@ -117,15 +117,15 @@ class _GlobalPool2d(Layer):
 class GlobalAvgPool2d(_GlobalPool2d):
     """Global average pooling: ``(B, H, W, C) -> (B, C)``."""
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """The mean of each channel; backward needs only the input shape."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
-        self._cache = x.shape if training else None
-        return global_avg_pool2d(x)
+        return global_avg_pool2d(x), (x.shape if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
         """Each pixel receives ``dy / (H*W)``."""
-        input_shape = self.take_cache()
+        input_shape = context
         self.check_grad(dy, (input_shape[0], *self.output_shape))
         return global_avg_pool2d_backward(dy, input_shape)
 
@@ -136,15 +136,15 @@ class GlobalMaxPool2d(_GlobalPool2d):
     def cached_per_sample(self) -> int:
         return self.activations()
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """The max of each channel; in training, keep where each maximum was."""
+        self._refuse_activation(activation)
         x = self.check_input(x)
         y, positions = global_max_pool2d(x, with_indices=training)
-        self._cache = (positions, x.shape) if training else None
-        return y
+        return y, ((positions, x.shape) if training else None)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
         """Each channel's gradient goes to the pixel that held its maximum."""
-        positions, input_shape = self.take_cache()
+        positions, input_shape = context
         self.check_grad(dy, (input_shape[0], *self.output_shape))
         return global_max_pool2d_backward(dy, positions, input_shape)

@@ -16,7 +16,7 @@ from cnnkit.distributed import MPI, GradientBuckets, plan_buckets
 from cnnkit.launch import launched_processes
 from cnnkit.errors import ConfigError
 from cnnkit.layers import BatchNorm2d, Conv2d, Dense, Flatten, ReLU
-from cnnkit.layers.fusion import backward_layers, forward_layers
+from cnnkit.executor import run_backward
 from cnnkit.layers.norm import synchronised_batch_norm
 from cnnkit.model import Sequential
 
@@ -102,12 +102,12 @@ def test_each_bucket_starts_as_soon_as_backward_has_produced_it():
     model = Sequential([Conv2d(4, 3, padding=1), ReLU(), Conv2d(4, 3, padding=1), ReLU(), Flatten(), Dense(3)],
                        input_shape=(5, 5, 2), seed=0)
     x = np.random.default_rng(0).standard_normal((2, 5, 5, 2)).astype(np.float32)
-    scores = forward_layers(model.layers, x)
+    scores = model.forward(x, training=True)
     grad = np.ones_like(scores)
-    backward_layers(model.layers, grad)
+    model.backward(grad)
     expected = {name: 2 * param.grad for name, param in model.parameters().items()}
     model.zero_grad()
-    forward_layers(model.layers, x)
+    model.forward(x, training=True)
     events = []
     dense_bytes = sum(p.size * 4 for p in model["dense_1"].parameters().values())
     buckets = GradientBuckets(_Recorder(events, bucket_bytes=dense_bytes), model.layers)
@@ -115,7 +115,7 @@ def test_each_bucket_starts_as_soon_as_backward_has_produced_it():
     def done(layer):
         events.append(("done", layer.name))
         buckets.layer_done(layer)
-    backward_layers(model.layers, grad, on_layer_done=done)
+    run_backward(model.plan, model._tape, {model.plan.outputs[0]: grad}, on_layer_done=done)
     buckets.finish()
     conv2 = 4 * 3 * 3 * 4 + 4
     conv1 = 2 * 3 * 3 * 4 + 4

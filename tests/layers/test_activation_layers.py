@@ -93,10 +93,10 @@ def test_caller_array_is_never_modified_unless_handed_over(make):
     np.testing.assert_array_equal(dy, 1)
 
     owned = x.copy()
-    y = layer.forward_owned(owned, training=True)
+    y, context = layer.call(owned, training=True, owned=True)
     assert y is owned and y.dtype == np.float32
     np.testing.assert_array_equal(y, expected)
-    np.testing.assert_array_equal(layer.backward(dy), expected_dx)
+    np.testing.assert_array_equal(layer.call_backward(dy, context), expected_dx)
     np.testing.assert_array_equal(x, original)
 
 
@@ -107,9 +107,8 @@ def test_inplace_relu_after_dense_keeps_dense_gradients_right():
     results = []
     for inplace in (False, True):
         dense, relu = _built(Dense(5), (6,)), _built(ReLU(), (5,))
-        forward = relu.forward_owned if inplace else relu.forward
-        y = forward(dense.forward(x, training=True), training=True)
-        dx = dense.backward(relu.backward(np.ones_like(y)))
+        y, context = relu.call(dense.forward(x, training=True), training=True, owned=inplace)
+        dx = dense.backward(relu.call_backward(np.ones_like(y), context))
         results.append((y, dx, dense.parameters()["weight"].grad))
     for ours, reference in zip(*results):
         np.testing.assert_array_equal(ours, reference)
