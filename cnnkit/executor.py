@@ -9,7 +9,8 @@ chain.
 Per call, from the reads of each tensor, the executor decides what the layers may not decide
 alone (they hold no flags set by their neighbours):
 
-- **In place.** A layer may overwrite its input (``call(owned=True)``) only when the input is
+- **In place.** A layer that can (``Layer.overwrites_owned``) may overwrite its input
+  (``call(owned=True)``) only when the input is
   a fresh output of its producer (``Layer.fresh_output``: not kept in the producer's context),
   this step is its only reader, and the caller does not want it back. The caller's arrays are
   never written. Backward likewise hands over a gradient that one consumer made fresh.
@@ -138,14 +139,15 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
         x = [values[t] for t in step.inputs] if layer.arity is None else values[step.inputs[0]]
         hand_over = tuple(owned) if layer.arity is None else owned[0]
         partner = _fusion_partner(plan, step, reads, keep, training, running)
+        options = {"owned": hand_over} if layer.overwrites_owned else {}
         if partner is not None:
-            y, context = layer.call(x, in_training, owned=hand_over, activation=partner.layer.fused_as)
+            y, context = layer.call(x, in_training, activation=partner.layer.fused_as, **options)
             adopted.add(partner.position)
             output, fresh_output = partner.output, False
             if tape is not None and in_training:
                 tape.contexts[partner.position] = ADOPTED
         else:
-            y, context = layer.call(x, in_training, owned=hand_over)
+            y, context = layer.call(x, in_training, **options)
             output, fresh_output = step.output, layer.fresh_output
         values[output], fresh[output] = y, fresh_output
         if tape is not None and in_training:
@@ -225,8 +227,10 @@ def _step_backward(step: Step, context, entry, wants, pending) -> None:
     if context is ADOPTED:   # the producer masks the gradient as it reads it
         results, fresh = [grad], [owned]
     else:
-        need = any(wants(t) for t in step.inputs) or not layer.skips_input_grad
-        result = layer.call_backward(grad, context, owned=owned, need_input_grad=need)
+        options = {"owned": owned} if layer.overwrites_owned else {}
+        if layer.skips_input_grad:
+            options["need_input_grad"] = any(wants(t) for t in step.inputs)
+        result = layer.call_backward(grad, context, **options)
         if layer.arity is None:
             results, fresh = list(result), [False] * len(step.inputs)
         else:

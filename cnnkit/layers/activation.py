@@ -27,6 +27,7 @@ class _Elementwise(Layer):
     """An activation computed from its input alone whose backward needs only its output."""
 
     in_place = True
+    overwrites_owned = True
 
     def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """The activation, computed in ``x``'s own memory when the caller hands ``x`` over

@@ -37,7 +37,11 @@ class Layer(ABC):
     fresh_output = False
     #: Likewise for the input gradient that :meth:`call_backward` returns.
     fresh_input_grad = False
-    #: ``call_backward(..., need_input_grad=False)`` skips computing the input gradient.
+    #: ``call`` and ``call_backward`` accept ``owned=True`` and then compute in the array handed
+    #: over (the executor passes ``owned`` only to layers that set this).
+    overwrites_owned = False
+    #: ``call_backward(..., need_input_grad=False)`` skips computing the input gradient (the
+    #: executor passes ``need_input_grad`` only to layers that set this).
     skips_input_grad = False
     #: Activations this layer can apply to its own output as it writes it (``call(activation=...)``).
     fusable_activations: tuple[str, ...] = ()

@@ -63,6 +63,8 @@ class Add(Merge):
     """The elementwise sum of its inputs: a residual block's ``F(x) + x``. Its gradient reaches
     every input unchanged."""
 
+    overwrites_owned = True
+
     def call(self, xs, training: bool = False, *, owned=False, activation: str | None = None):
         self._refuse_activation(activation)
         xs = self.check_inputs(xs)
