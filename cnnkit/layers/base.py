@@ -147,7 +147,10 @@ class Layer(ABC):
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """The input gradient for the last :meth:`forward` in training mode (which it frees)."""
-        return self.call_backward(dy, self.take_cache(), need_input_grad=need_input_grad)
+        context = self.take_cache()
+        if self.skips_input_grad:
+            return self.call_backward(dy, context, need_input_grad=need_input_grad)
+        return self.call_backward(dy, context)
 
     def __call__(self, x, training: bool = False):
         """``layer(x)``: :meth:`forward` of an array, or, on symbolic tensors (``cnnkit.Input``), a

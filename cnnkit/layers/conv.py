@@ -34,9 +34,9 @@ class Conv2d(Layer):
         activation: ``None`` or ``"relu"``: a ReLU fused into the convolution (Keras's
             ``activation=``), the same numbers as a separate :class:`ReLU` layer after it with
             less memory traffic: the convolution applies it as it writes each output tile or
-            block, and masks the gradient as it reads it. A ``Sequential`` fuses a separate
-            ``ReLU`` layer after an ``activation=None`` convolution the same way
-            (:mod:`cnnkit.layers.fusion`).
+            block, and masks the gradient as it reads it. The executor fuses a separate
+            ``ReLU`` layer after an ``activation=None`` convolution the same way when the
+            convolution's output has no other reader (:mod:`cnnkit.executor`).
         algorithm: ``"auto"`` picks by shape, per call: Winograd F(4x4, 3x3) for 3x3 stride-1
             convolutions with enough channels and tiles, otherwise one matrix product over the
             windowed view (``"gemm"``); ``"winograd2"``/``"winograd4"`` force F(2x2)/F(4x4).
