@@ -34,7 +34,7 @@ from ..errors import DataError
 from ..train import as_dataset
 from .cache import extract, pool_features
 from .linear import fit_linear
-from .surgery import feature_layers
+from .nodes import feature_layers
 
 INPUT = "input"
 

@@ -2,10 +2,11 @@
 
 A cache entry is keyed by a SHA-256 of three things, so a stale entry is never reused:
 
-- the model *up to the layer*: each layer's class and configuration, the input shape, and the
-  bytes of every parameter and buffer of those layers (a changed head does not invalidate the
-  features below it; a changed convolution does);
-- the layer name and any reduction applied to the features (``pool_to``);
+- the model *up to the node*: the class and configuration of each layer it depends on (in a
+  graph also the nodes that connect them), the input shape, and the bytes of every parameter and
+  buffer of those layers (a changed head does not invalidate the features below it; a changed
+  convolution does);
+- the node name and any reduction applied to the features (``pool_to``);
 - the data: the image array's bytes for an in-memory data set; the file paths, sizes and
   modification times, image size and transform for an image folder; the parent's key and the
   indices for a subset; otherwise the bytes of every image read through the data set.
@@ -29,6 +30,7 @@ import numpy as np
 from ..data import ArrayDataset, ImageFolder, Subset, batches
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
+from .nodes import node_step
 
 CACHE_VERSION = "1"
 #: ``extractor(x, layers) -> [features of each layer]`` for one batch ``x``.
@@ -48,13 +50,19 @@ def _hash_array(digest, array: np.ndarray, rows: int = 4096) -> None:
 
 
 def model_key(model, layer: str) -> str:
-    """Hash of the architecture and weights of ``model`` up to and including ``layer``."""
-    stop = model.index(layer) + 1
-    digest = hashlib.sha256(f"cnnkit-features-{CACHE_VERSION}".encode())
+    """Hash of the architecture and weights of ``model`` up to and including the node ``layer``."""
+    needed = model.plan.needed([node_step(model, layer).output])
+    steps = [model.plan.steps[position] for position in needed]
+    blocks = list({id(step.layer): step.layer for step in steps}.values())   # a shared layer once
     config = model.get_config()
-    digest.update(json.dumps({"input_shape": config["input_shape"], "layers": config["layers"][:stop]},
-                             sort_keys=True).encode())
-    for block in model.layers[:stop]:
+    architecture = {"layers": [config["layers"][model.index(block.name)] for block in blocks]}
+    if "nodes" in config:   # a graph: how the layers connect, too
+        architecture.update(inputs=config["inputs"], nodes=[config["nodes"][position] for position in needed])
+    else:                   # a chain: its layers in order are the whole story (the key of every version)
+        architecture.update(input_shape=config["input_shape"])
+    digest = hashlib.sha256(f"cnnkit-features-{CACHE_VERSION}".encode())
+    digest.update(json.dumps(architecture, sort_keys=True).encode())
+    for block in blocks:
         state = {**{k: p.value for k, p in block.parameters().items()}, **block.buffers()}
         for name in sorted(state):
             digest.update(f"{block.name}.{name}".encode())
@@ -101,22 +109,16 @@ def pool_features(features: np.ndarray, pool_to: int | None) -> np.ndarray:
 
 
 def forward_collect(model, x: np.ndarray, layers: Sequence[str]) -> list[np.ndarray]:
-    """One inference pass of ``x`` that returns the output of each named layer."""
+    """One inference pass of ``x`` that returns the output of each named node."""
     if len(layers) == 1:
         return [model.features(x, layers[0], batch_size=len(x))]
-    wanted = {model.index(name): name for name in layers}
-    outputs = {}
-    for position, block in enumerate(model.layers[:max(wanted) + 1]):
-        x = block.forward(x, training=False)
-        if position in wanted:
-            outputs[wanted[position]] = x
-    return [outputs[name] for name in layers]
+    return model.features(x, list(layers), batch_size=len(x))
 
 
 def extract(model, data, layers: str | Sequence[str], cache_dir: str | os.PathLike | None = "auto",
             batch_size: int = 64, pool_to: int | None = None,
             extractor: Extractor | None = None) -> dict[str, np.ndarray]:
-    """Features of every image of ``data`` at each of ``layers``, flattened to ``(N, D)`` float32.
+    """Features of every image of ``data`` at each of the nodes ``layers``, flattened to ``(N, D)`` float32.
 
     Args:
         cache_dir: folder of the on-disk cache; ``"auto"`` is :func:`default_cache_dir`, ``None``
@@ -130,7 +132,7 @@ def extract(model, data, layers: str | Sequence[str], cache_dir: str | os.PathLi
     if len(data) == 0:
         raise DataError("extract: the data set is empty; there are no images to compute features of")
     for name in names:
-        model.index(name)
+        node_step(model, name)
     folder = None if cache_dir is None else Path(default_cache_dir() if cache_dir == "auto" else cache_dir)
     found: dict[str, np.ndarray] = {}
     keys: dict[str, Path] = {}
