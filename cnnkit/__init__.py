@@ -7,9 +7,10 @@ from .gradcheck import GradcheckResult, gradcheck
 from .graph import Input
 from .layers import register_layer
 from .model import Model, Sequential
+from .ops.runtime import runtime
 from .parameter import Parameter
 
 __version__ = "0.1.0"
 
-__all__ = ["Input", "Model", "Sequential", "register_layer", "load", "Parameter", "CnnkitError", "ConfigError", "ShapeError", "WeightsError", "DataError",
+__all__ = ["Input", "Model", "Sequential", "register_layer", "load", "Parameter", "runtime", "CnnkitError", "ConfigError", "ShapeError", "WeightsError", "DataError",
            "arithmetic", "layers", "models", "optim", "gradcheck", "GradcheckResult", "__version__"]

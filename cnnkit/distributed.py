@@ -43,7 +43,7 @@ import numpy as np
 from .errors import ConfigError
 from .launch import INSTALL, launched_processes, write_process_table
 from .layers.norm import synchronised_batch_norm
-from .ops.threads import sharing_cores
+from .ops.runtime import runtime
 
 #: gradient bytes per allreduce (DDP's and Horovod's default size)
 BUCKET_BYTES = 25 * 2**20
@@ -169,7 +169,7 @@ class MPI:
         the global batch's statistics when there is more than one process."""
         with ExitStack() as stack:
             stack.enter_context(self._failure_notices())
-            stack.enter_context(sharing_cores(self.local_size))
+            stack.enter_context(runtime(processes=self.local_size, reuse_memory=False))
             if self.sync_batch_norm and self.size > 1:
                 stack.enter_context(synchronised_batch_norm(self.sum))
             yield

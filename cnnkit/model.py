@@ -16,7 +16,7 @@ from .errors import ConfigError, ShapeError, WeightsError
 from .executor import Plan, Step, Tape, run_backward, run_forward
 from .graph import Input, Node, SymbolicTensor, connect, trace
 from .layers.base import Layer, as_compute_dtype
-from .ops.threads import uses_worker_pool
+from .ops.runtime import entry_point
 from .parameter import Parameter, describing_only
 
 #: version of the graph architecture format written by :meth:`Model.get_config`
@@ -192,7 +192,7 @@ class Model:
     def _result(self, arrays: list, multi: bool):
         return arrays if multi else arrays[0]
 
-    @uses_worker_pool
+    @entry_point
     def forward(self, x, training: bool = False):
         """Run inputs (an array of shape ``(B, *input_shape)``, or one per input) through the graph.
 
@@ -207,7 +207,7 @@ class Model:
 
     __call__ = forward
 
-    @uses_worker_pool
+    @entry_point
     def backward(self, dloss):
         """Back-propagate the loss gradient of the output (one per output) through the last training
         forward; add parameter gradients into ``Parameter.grad``; return the input's gradient."""
@@ -236,7 +236,7 @@ class Model:
         arrays = self._infer(x, [self.tensor(name) for name in names], batch_size)
         return arrays[0] if isinstance(layer, str) else arrays
 
-    @uses_worker_pool
+    @entry_point
     def _infer(self, x, tensors: list[int], batch_size: int) -> list[np.ndarray]:
         """The arrays of ``tensors`` for ``x`` in inference mode, a batch at a time."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

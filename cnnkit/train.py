@@ -21,9 +21,8 @@ from .distributed import MPI
 from .errors import ConfigError, DataError
 from .layers import Softmax
 from .executor import Tape, run_backward, run_forward
-from .ops.allocator import keep_freed_memory, release_freed_memory
 from .ops.loss import softmax_cross_entropy
-from .ops.threads import uses_worker_pool
+from .ops.runtime import entry_point, runtime
 from .optim import SGD, OneCycleLR, Optimizer, ReduceLROnPlateau
 
 
@@ -87,7 +86,7 @@ def training_steps(model) -> frozenset[int]:
     return frozenset(step.position for step, trained in zip(steps, depends_on_trainable) if trained)
 
 
-@uses_worker_pool
+@entry_point(reuse_memory=True)
 def train_step(model, optimizer: Optimizer, x, y, distributed: MPI | None = None,
                total: int | None = None, loss_weights=None) -> tuple[float, np.ndarray]:
     """One SGD step on a batch: forward, loss, backward, update. Returns the loss and the scores.
@@ -95,12 +94,13 @@ def train_step(model, optimizer: Optimizer, x, y, distributed: MPI | None = None
     The loss is softmax cross-entropy on the class scores of each output (with several outputs,
     ``y`` is a list of label arrays and the loss is the sum weighted by ``loss_weights``, default
     1 each; the scores returned are a list). A frozen base (see :func:`training_steps`) runs in
-    inference mode and is not back-propagated. From the first step on, freed memory is kept for
-    the next step (:mod:`cnnkit.ops.allocator`). With ``distributed``, ``(x, y)`` is this
-    process's part of a batch of ``total`` examples: the gradients are summed over the processes
-    before the update (:meth:`MPI.backward`), and the loss returned is the whole batch's.
+    inference mode and is not back-propagated. While the step runs, malloc keeps the memory it
+    frees for reuse (:mod:`cnnkit.ops.allocator`); a loop of steps of your own keeps it from step
+    to step inside ``with cnnkit.runtime():``, as :func:`fit` does. With ``distributed``,
+    ``(x, y)`` is this process's part of a batch of ``total`` examples: the gradients are summed
+    over the processes before the update (:meth:`MPI.backward`), and the loss returned is the
+    whole batch's.
     """
-    keep_freed_memory()
     plan, targets = model.plan, scoring_tensors(model)
     several = len(targets) > 1
     labels = list(y) if several else [y]
@@ -139,7 +139,7 @@ def _loss_weights(weights, count: int) -> list[float]:
     return weights
 
 
-@uses_worker_pool
+@entry_point
 def scores_of(model, x: np.ndarray) -> np.ndarray:
     """Class scores in inference mode (no contexts kept)."""
     return run_forward(model.plan, model._arrays(x), scoring_tensors(model)[:1])[0]
@@ -252,7 +252,7 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         model.stop_training = False
         run = _Run(model, optimizer, train_data, epochs, batch_size, seed, verbose, schedule, transform, hooks,
                    distributed)
-        try:
+        with runtime():   # the steps' volumes are kept for reuse while training, given back at the end
             hooks.on_train_begin()
             if distributed is not None:   # after on_train_begin: a callback may set the learning rate
                 start, history = _broadcast_start(distributed, model, optimizer, schedule, start, history)
@@ -261,8 +261,6 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
             hooks.on_train_end()
             if distributed is not None:   # a callback may have restored earlier weights on rank 0
                 _broadcast_weights(distributed, model)
-        finally:
-            release_freed_memory()   # the steps' volumes, kept for reuse while training
     return history
 
 

@@ -1,4 +1,7 @@
-"""Stateless kernels on arrays: each forward beside the backward that matches it."""
+"""Stateless kernels on arrays: each forward beside the backward that matches it.
+
+The process settings they run under (threads, BLAS, malloc) are :mod:`cnnkit.ops.runtime`'s.
+"""
 
 from .activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward, relu,
                          relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)

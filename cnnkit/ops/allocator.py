@@ -1,4 +1,4 @@
-"""Training reuses its memory from step to step: the C heap keeps what a step frees for the next.
+"""Keeping freed memory in the C heap for reuse, and giving it back: glibc's malloc settings.
 
 Every training step allocates the same activation and gradient volumes and frees them again.
 glibc's malloc hands out arrays above its mmap threshold (which adapts up to 32 MiB, while
@@ -6,51 +6,57 @@ VGG16's first volumes at batch 8 are 100 MB) as fresh pages from the kernel and 
 free, so the kernel faults in and zeroes every page again on every step: measured 25,000 page
 faults and 0.6 s of system time per VGG16 training step at batch 8, about a tenth of the step.
 
-:func:`keep_freed_memory` (called by every training step) has malloc serve all sizes from its
-heap and keep freed memory there: from the second step on, each step's volumes land in the
-pages the step before freed, and the page faults are gone (about 200 per VGG16 step). This is
-the allocator's reuse, not a pool of cnnkit's own: NumPy still asks for each array, and any
-mix of shapes (a last, smaller batch) is served from the same memory. The heap then holds the
-peak of training until :func:`release_freed_memory` (called at the end of ``fit``) gives the
-free part back to the system.
+:func:`keep_freed_memory` has malloc serve all sizes from its heap and keep freed memory there:
+each step's volumes land in the pages the step before freed, and the page faults are gone
+(about 200 per VGG16 step). This is the allocator's reuse, not a pool of cnnkit's own: NumPy
+still asks for each array, and any mix of shapes (a last, smaller batch) is served from the
+same memory. :func:`stop_keeping_freed_memory` puts the two settings back to the values the
+process started with, and :func:`release_freed_memory` gives the heap's free part back to the
+system.
 
-Only glibc has these controls; elsewhere both functions do nothing. ``CNNKIT_REUSE_MEMORY=0``
-leaves malloc as it is.
+These are the mechanisms only: :mod:`cnnkit.ops.runtime` decides when they apply (while a
+training step or a ``cnnkit.runtime`` block runs) and records whether they do. Only glibc has
+these controls; elsewhere the functions do nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
-import threading
 
-ENV_REUSE = "CNNKIT_REUSE_MEMORY"
 #: ``mallopt`` parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-#: Free memory at the top of the heap above this is returned to the system (``mallopt`` takes
-#: a C int: 2 GiB is its largest value).
+#: Free memory at the top of the heap above this is returned to the system while memory is kept
+#: (``mallopt`` takes a C int: 2 GiB is its largest value).
 KEPT_BYTES = 2 ** 31 - 1
-
-_lock = threading.Lock()
-_kept = False
+#: glibc's own defaults (malloc.c ``DEFAULT_MMAP_MAX``, ``DEFAULT_TRIM_THRESHOLD``), restored
+#: unless the process was started with other values in its environment.
+GLIBC_MMAP_MAX = 65536
+GLIBC_TRIM_THRESHOLD = 128 * 1024
 
 
 def keep_freed_memory() -> bool:
-    """From now on, serve every array from malloc's heap and keep freed memory there for reuse.
+    """Serve every array from malloc's heap and keep freed memory there; True when in effect."""
+    libc = _glibc()
+    # no mmap: every size comes from the heap; and keep up to KEPT_BYTES free at its top
+    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEPT_BYTES))
 
-    Once per process (later calls return at once); True when it is in effect.
+
+def stop_keeping_freed_memory() -> None:
+    """Put malloc's mmap count and trim threshold back to the values the process started with.
+
+    glibc has no way to turn its adaptive mmap threshold back on once either value was set: the
+    threshold stays where it was (at least its 128 KiB default); the memory freed from now on is
+    returned as glibc's fixed-threshold rules say.
     """
-    global _kept
-    if _kept or os.environ.get(ENV_REUSE, "1") == "0":
-        return _kept
-    with _lock:
-        libc = _glibc()
-        if not _kept and libc is not None:
-            # no mmap: every size comes from the heap; and keep up to KEPT_BYTES free at its top
-            _kept = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEPT_BYTES))
-    return _kept
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_MAX, _started_with("MALLOC_MMAP_MAX_", "glibc.malloc.mmap_max", GLIBC_MMAP_MAX))
+        libc.mallopt(M_TRIM_THRESHOLD, _started_with("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold",
+                                                     GLIBC_TRIM_THRESHOLD))
 
 
 def release_freed_memory() -> None:
@@ -60,8 +66,23 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+def _started_with(variable: str, tunable: str, default: int) -> int:
+    """The value glibc read at start-up: ``GLIBC_TUNABLES`` wins over the older variable."""
+    found = os.environ.get(variable)
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        if name == tunable:
+            found = value
+    try:
+        return min(int(found, 0), KEPT_BYTES) if found is not None else default
+    except ValueError:   # glibc ignores a value it cannot read; so do we
+        return default
+
+
+@functools.lru_cache(maxsize=None)
 def _glibc():
-    """The C library when it is glibc with ``mallopt`` and ``malloc_trim``, else None."""
+    """The C library when it is glibc with ``mallopt`` and ``malloc_trim``, else None (looked up
+    once: ``platform.libc_ver`` reads the interpreter's binary)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:

@@ -214,14 +214,15 @@ def test_a_process_that_ended_is_seen_as_gone():
 
 
 def test_processes_on_one_machine_share_its_cores_unless_the_threads_are_set(monkeypatch):
-    from cnnkit.ops.threads import num_threads, sharing_cores
+    from cnnkit import runtime
+    from cnnkit.ops.runtime import num_threads
     monkeypatch.delenv("CNNKIT_NUM_THREADS", raising=False)
     cores = num_threads()
-    with sharing_cores(2):
+    with runtime(processes=2):
         assert num_threads() == max(1, cores // 2)
-        with sharing_cores(4 * cores):
+        with runtime(processes=4 * cores):
             assert num_threads() == 1
     assert num_threads() == cores
     monkeypatch.setenv("CNNKIT_NUM_THREADS", "3")
-    with sharing_cores(2):
+    with runtime(processes=2):
         assert num_threads() == 3

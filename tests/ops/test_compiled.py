@@ -6,7 +6,7 @@ from threadpoolctl import threadpool_info
 
 from cnnkit.arithmetic import windows_2d
 from cnnkit.errors import ConfigError
-from cnnkit.ops import gemm_kernels, products, threads, winograd_fast
+from cnnkit.ops import gemm_kernels, products, runtime, threads, winograd_fast
 from cnnkit.ops.conv import conv2d, conv2d_backward
 from cnnkit.ops.pool import max_pool2d, max_pool2d_backward
 from cnnkit.ops.winograd import winograd_conv2d, winograd_conv2d_backward
@@ -149,7 +149,7 @@ def test_blas_is_held_to_one_thread_inside_an_entry_point_and_restored_after():
         return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
 
     before = blas_threads()
-    assert threads.uses_worker_pool(blas_threads)() == [1] * len(before)
+    assert runtime.entry_point(blas_threads)() == [1] * len(before)
     assert blas_threads() == before
 
 
