@@ -1,7 +1,12 @@
 """The summary table in its three formats, and the `cnnkit summary` command."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cnnkit
@@ -167,3 +172,43 @@ def test_training_memory_follows_the_tape_and_the_gradients():
     assert two["training_activations_bytes"] == 4 * 30 and two["training_peak_bytes"] == 4 * (24 + 26)
     assert two["training_total_bytes"]["adam"] == two["parameters_bytes"] + two["training_peak_bytes"] + 2 * 4 * 26
 
+
+# ----------------------------------------------------------------- a summary allocates no weights
+
+def test_cnnkit_summary_vgg19_is_instant_and_allocates_no_weights():
+    # in a fresh interpreter: the first call (with the summary's own imports) timed, a second
+    # traced; drawing and holding VGG19's 143,667,240 weights would take seconds and 548 MiB
+    script = "\n".join([
+        "import contextlib, io, time, tracemalloc",
+        "from cnnkit.cli import main",
+        "with contextlib.redirect_stdout(io.StringIO()) as out:",
+        "    start = time.perf_counter()",
+        "    status = main(['summary', 'vgg19'])",
+        "    seconds = time.perf_counter() - start",
+        "    tracemalloc.start()",
+        "    main(['summary', 'vgg19'])",
+        "    peak = tracemalloc.get_traced_memory()[1]",
+        "print(status, seconds, peak)",
+        "print(out.getvalue())",
+    ])
+    root = Path(cnnkit.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    status, seconds, peak = result.stdout.splitlines()[0].split()
+    assert int(status) == 0 and "Parameters: 143,667,240" in result.stdout
+    assert float(seconds) < 1.0
+    assert int(peak) < 16 * 2 ** 20
+
+
+def test_models_built_as_descriptions_hold_placeholder_weights():
+    model = models.vgg19(allocate=False)
+    for name, param in model.parameters().items():
+        assert param.placeholder and not any(param.value.strides), name   # one zero, broadcast
+    assert model.summary(format="dict")["totals"]["params"] == 143_667_240
+    with pytest.raises(ConfigError, match="conv1_1: was built as a description only"):
+        model.predict(np.zeros((1, 224, 224, 3), np.float32))
+    with pytest.raises(ConfigError, match="weights='w.pth' need the weights allocated"):
+        models.vgg16(weights="w.pth", allocate=False)
+    for build in models.MODELS.values():
+        assert all(p.placeholder for p in build(allocate=False).parameters().values())

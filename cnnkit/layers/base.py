@@ -167,6 +167,10 @@ class Layer(ABC):
         if not self.built:
             raise ShapeError(f"{self.label}: call build(input_shape) (or put the layer in a Sequential) "
                              f"before forward")
+        if any(param.placeholder for param in self._params.values()):
+            raise ConfigError(f"{self.label}: was built as a description only (placeholder weights, e.g. "
+                              f"allocate=False for a summary) and cannot compute; build it with weights "
+                              f"(allocate=True) or give each parameter a value")
         if not isinstance(x, np.ndarray) or x.ndim != len(self.input_shape) + 1 \
                 or tuple(x.shape[1:]) != self.input_shape:
             received = getattr(x, "shape", type(x).__name__)
