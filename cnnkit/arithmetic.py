@@ -266,36 +266,51 @@ class ReceptiveField:
                               start=self.start + (in_size - 1) / 2 * self.jump, whole=True)
 
 
+def merged_field(fields: "list[ReceptiveField]") -> ReceptiveField:
+    """The field of a unit that combines the units at its position of several inputs (Add,
+    Concatenate): the union of their fields, which is the widest one when the paths' strides and
+    padding keep the fields centred alike (a residual block)::
+
+        begin = min(start - size/2),  end = max(start + size/2),  size' = end - begin
+    """
+    begin = min(field.start - field.size / 2 for field in fields)
+    end = max(field.start + field.size / 2 for field in fields)
+    return ReceptiveField(size=round(end - begin), jump=max(field.jump for field in fields),
+                          start=(begin + end) / 2, whole=any(field.whole for field in fields))
+
+
+def narrowest_field(fields: "list[ReceptiveField]") -> ReceptiveField:
+    """The smallest of the fields that paths through a graph give one unit (the shortest path's)."""
+    return min(fields, key=lambda field: (field.size, field.whole))
+
+
 # ----------------------------------------------------------------- memory of a whole network
 
 @dataclass(frozen=True)
-class LayerVolumes:
-    """Per-sample activation counts of one layer, as the memory estimates need them."""
+class CallMemory:
+    """How one call of a layer uses memory, per sample: what the summary's live set
+    (:mod:`cnnkit.live_set`) needs to follow the executor.
 
-    inputs: int
-    outputs: int
-    in_place: bool
-    cached: int
-    workspace: int = 0
-
-
-def inference_peak(layers: list[LayerVolumes]) -> int:
-    """Largest live set per sample when no caches are kept: one layer's input, output and workspace
-    (a padded copy of the input) together.
-
-    A layer that works in place (ReLU) or returns a view (Flatten) needs only its input.
+    ``output_is_input``: the output lives in the input's memory (a view such as Flatten's, or
+    computed in an input the executor handed over); otherwise it is a new volume.
+    ``workspace``: numbers allocated during the call besides the output and freed by its end (a
+    padded copy of the input). A training call's context holds its input(s) (``keeps_input``),
+    its output (``keeps_output``) and ``keeps_bytes`` bytes of arrays of its own (masks, the
+    indices of maxima, a normalised copy). Backward returns the output's gradient itself, or
+    views of it, as the input gradient (``grad_is_view``: Add, Flatten), or computes it in the
+    output's gradient when the executor hands that over (``grad_in_place``: ReLU).
     """
-    return max((lv.inputs if lv.in_place else lv.inputs + lv.outputs + lv.workspace for lv in layers), default=0)
+
+    output_is_input: bool = False
+    workspace: int = 0
+    keeps_input: bool = False
+    keeps_output: bool = False
+    keeps_bytes: int = 0
+    grad_is_view: bool = False
+    grad_in_place: bool = False
 
 
-def training_activations(layers: list[LayerVolumes]) -> int:
-    """Numbers per sample alive at the start of backward: every layer's cache, plus the output
-    and its gradient, plus the widest gradient pair that backward holds at once."""
-    cached = sum(lv.cached for lv in layers)
-    widest_gradient_pair = max((lv.inputs + lv.outputs for lv in layers), default=0)
-    return cached + widest_gradient_pair
-
-
-def counted_activations(input_count: int, layers: list[LayerVolumes]) -> int:
-    """Activations stored for one forward pass: the input plus every layer output that is not in place."""
-    return input_count + sum(lv.outputs for lv in layers if not lv.in_place)
+def counted_activations(input_count: int, stored_outputs: list[int]) -> int:
+    """Activations stored for one forward pass: the inputs plus every output that is a new volume
+    (not an in-place layer's)."""
+    return input_count + sum(stored_outputs)

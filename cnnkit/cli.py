@@ -34,7 +34,8 @@ def _summary(args: argparse.Namespace) -> int:
         if not args.model.startswith("vgg"):
             raise CnnkitError(f"--batch-norm applies to the VGG models only; received model {args.model!r}")
         options["batch_norm"] = True
-    model = MODELS[args.model](**options)
+    # a description only: counting VGG19 must not draw and hold its 144 M weights
+    model = MODELS[args.model](**options, allocate=False)
     if args.json:
         print(model.summary(batch_size=args.batch_size, format="json"))
     elif args.markdown:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from cnnkit.arithmetic import (ReceptiveField, Window, conv_macs, conv_params, dense_macs, dense_params,
-                               batchnorm_params, maxout_params, optimizer_state_count, padding_amounts,
-                               prelu_params, unread_rows, window_output_size, windows_2d)
+                               batchnorm_params, maxout_params, merged_field, narrowest_field,
+                               optimizer_state_count, padding_amounts, prelu_params, unread_rows,
+                               window_output_size, windows_2d)
 from cnnkit.errors import CnnkitError, ConfigError
 from cnnkit.layers import Conv2d
 
@@ -113,6 +114,22 @@ def test_receptive_field_recurrence_by_hand():
     assert (field.size, field.jump, field.start) == (11, 4, 5.5)
     dilated = ReceptiveField().through(Window(3, 1, 2, 2, dilation=2))
     assert (dilated.size, dilated.start) == (5, 0.5)
+
+
+def test_merged_field_is_the_union_of_the_inputs_fields():
+    # a residual block: two 3x3 "same" convolutions beside the identity, centred alike
+    conv_path = ReceptiveField().through(Window(3, 1, 1, 1)).through(Window(3, 1, 1, 1))
+    identity = ReceptiveField()
+    merged = merged_field([conv_path, identity])
+    assert (merged.size, merged.jump, merged.start) == (5, 1, 0.5)   # the widest
+    assert narrowest_field([conv_path, identity]) == identity
+    # fields centred apart: a valid 3x3 (pixels 0..2, centre 1.5) and a padded 3x3 (pixels -1..1)
+    valid = ReceptiveField().through(Window(3, 1, 0, 0))
+    padded = ReceptiveField().through(Window(3, 1, 1, 1))
+    union = merged_field([valid, padded])
+    assert (union.size, union.start) == (4, 1.0)                      # pixels -1..2
+    whole = ReceptiveField().covering(8)
+    assert merged_field([whole, identity]).whole and not narrowest_field([whole, identity]).whole
 
 
 # ----------------------------------------------------------------- rows that dilation skips (issue 13)

@@ -14,7 +14,7 @@ from abc import abstractmethod
 
 import numpy as np
 
-from ..arithmetic import check_positive, prelu_params
+from ..arithmetic import CallMemory, check_positive, prelu_params
 from ..errors import ConfigError
 from ..ops.activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward,
                               relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
@@ -54,6 +54,9 @@ class _Elementwise(Layer):
     def cached_per_sample(self) -> int:
         return self.activations()
 
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(output_is_input=bool(owned), keeps_output=True)
+
 
 class ReLU(_Elementwise):
     """``max(0, x)``: the activation that, the lecture notes, makes SGD converge much faster.
@@ -70,6 +73,9 @@ class ReLU(_Elementwise):
 
     def _gradient(self, dy, y, overwrite):
         return relu_backward(dy, y, out=dy if overwrite else None)
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(output_is_input=bool(owned), keeps_output=True, grad_in_place=True)
 
 
 class LeakyReLU(_Elementwise):
@@ -126,6 +132,9 @@ class PReLU(Layer):
 
     def cached_per_sample(self) -> int:
         return self.activations()
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(keeps_input=True)
 
 
 class Sigmoid(_Elementwise):
@@ -186,6 +195,10 @@ class Maxout(Layer):
     def cached_per_sample(self) -> int:
         return self.activations()
 
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        # the context is the index of the winning piece of each output, in the smallest dtype
+        return CallMemory(keeps_bytes=self.activations() * np.min_scalar_type(self.pieces - 1).itemsize)
+
 
 class Softmax(Layer):
     """Softmax over the last axis: class scores to probabilities.
@@ -209,3 +222,7 @@ class Softmax(Layer):
 
     def cached_per_sample(self) -> int:
         return self.activations()
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        # a new array even when the input is handed over; the context is the output
+        return CallMemory(keeps_output=True)

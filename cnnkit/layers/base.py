@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from ..arithmetic import ReceptiveField, Window, volume
+from ..arithmetic import FLOAT32_BYTES, CallMemory, ReceptiveField, Window, volume
 from ..errors import ConfigError, ShapeError
 from ..graph import connect, is_symbolic
 from ..parameter import Parameter
@@ -174,6 +174,10 @@ class Layer(ABC):
         if not self.built:
             raise ShapeError(f"{self.label}: call build(input_shape) (or put the layer in a Sequential) "
                              f"before forward")
+        if any(param.placeholder for param in self._params.values()):
+            raise ConfigError(f"{self.label}: was built as a description only (placeholder weights, e.g. "
+                              f"allocate=False for a summary) and cannot compute; build it with weights "
+                              f"(allocate=True) or give each parameter a value")
         if not isinstance(x, np.ndarray) or x.ndim != len(self.input_shape) + 1 \
                 or tuple(x.shape[1:]) != self.input_shape:
             received = getattr(x, "shape", type(x).__name__)
@@ -254,6 +258,16 @@ class Layer(ABC):
     def cached_per_sample(self) -> int:
         """Numbers kept per sample between a training forward and its backward (an estimate)."""
         return 0
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        """How one call uses memory (:class:`cnnkit.arithmetic.CallMemory`), when the executor hands
+        the input over (``owned``; one flag per input for a merge layer) or not.
+
+        By default a layer marked :attr:`in_place` computes in a handed-over input, and a training
+        context holds :meth:`cached_per_sample` float32 numbers of its own.
+        """
+        return CallMemory(output_is_input=self.in_place and bool(owned), workspace=self.workspace_per_sample(),
+                          keeps_bytes=FLOAT32_BYTES * self.cached_per_sample() if training else 0)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arithmetic import (as_pair, check_positive, conv_macs, conv_params, unread_rows, window_output_size,
+from ..arithmetic import (CallMemory, as_pair, check_positive, conv_macs, conv_params, unread_rows, window_output_size,
                           windows_2d)
 from ..errors import ConfigError
 from ..init import initial_weight
@@ -128,6 +128,11 @@ class Conv2d(Layer):
     def cached_per_sample(self) -> int:
         fused_output = int(np.prod(self.output_shape)) if self.activation else 0   # the ReLU's mask
         return int(np.prod(self.input_shape)) + fused_output
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        # the context is the input, and the output of its own ReLU (the mask of the gradient)
+        return CallMemory(workspace=self.workspace_per_sample(), keeps_input=True,
+                          keeps_output=self.activation == "relu")
 
     @property
     def fusable_activations(self) -> tuple[str, ...]:

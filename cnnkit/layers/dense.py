@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arithmetic import check_positive, dense_macs, dense_params
+from ..arithmetic import CallMemory, check_positive, dense_macs, dense_params
 from ..errors import ConfigError, ShapeError
 from ..init import initial_weight
 from ..ops.linear import linear, linear_backward
@@ -67,6 +67,9 @@ class Flatten(Layer):
         self.check_grad(dy, (context, *self.output_shape))
         return dy.reshape(dy.shape[0], *self.input_shape)
 
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(output_is_input=True, grad_is_view=True)
+
 
 class Dense(Layer):
     """Fully connected: ``y = x @ weight + bias`` with ``weight`` (in, units) and ``bias`` (units,).
@@ -126,6 +129,9 @@ class Dense(Layer):
     def cached_per_sample(self) -> int:
         return self.input_shape[0]
 
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(keeps_input=True)
+
 
 class Dropout(Layer):
     """Inverted dropout: in training, zero each activation with probability ``rate`` and scale the
@@ -160,3 +166,7 @@ class Dropout(Layer):
         dx = np.multiply(dy, keep, dtype=dy.dtype)
         dx *= 1.0 / (1.0 - self.rate)
         return dx
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        # inference returns the input; training a new array, and keeps a one-byte mask
+        return CallMemory(output_is_input=not training, keeps_bytes=self.activations() if training else 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arithmetic import CallMemory
 from ..errors import ConfigError, ShapeError
 from .base import Layer, as_compute_dtype
 
@@ -82,6 +83,10 @@ class Add(Merge):
         self.check_grad(dy, (dy.shape[0], *self.output_shape))
         return [dy] * context
 
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        # sums into an input handed over; every input's gradient is the output's
+        return CallMemory(output_is_input=any(_owned_flags(owned, len(self.input_shape))), grad_is_view=True)
+
 
 class Multiply(Merge):
     """The elementwise product of its inputs (a gate, as in squeeze-and-excitation)."""
@@ -105,6 +110,9 @@ class Multiply(Merge):
                     grad *= x
             grads.append(grad)
         return grads
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(keeps_input=True)
 
 
 class Concatenate(Merge):
@@ -146,6 +154,9 @@ class Concatenate(Merge):
         # views of dy: nothing is copied, and the executor sees they are not fresh
         return np.split(dy, bounds, axis=axis)
 
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(grad_is_view=True)
+
 
 class Identity(Layer):
     """Passes its input on unchanged (a view): a named point in a graph, or an identity shortcut."""
@@ -160,6 +171,9 @@ class Identity(Layer):
     def call_backward(self, dy, context, *, owned: bool = False, need_input_grad: bool = True):
         self.check_grad(dy, (context, *self.output_shape))
         return dy
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(output_is_input=True, grad_is_view=True)
 
 
 def _owned_flags(owned, count: int) -> tuple[bool, ...]:

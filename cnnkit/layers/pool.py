@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arithmetic import unread_rows, window_output_size, windows_2d
+from ..arithmetic import CallMemory, unread_rows, window_output_size, windows_2d
 from ..errors import ConfigError
 from ..ops.pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
                         global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
@@ -58,6 +58,11 @@ class MaxPool2d(_Pool2d):
 
     def cached_per_sample(self) -> int:
         return self.activations()  # the index of each maximum
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        # the winning tap of each window, in the smallest unsigned dtype that holds Kh*Kw taps
+        taps = self._windows[0].kernel * self._windows[1].kernel
+        return CallMemory(keeps_bytes=self.activations() * np.min_scalar_type(taps - 1).itemsize)
 
     def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """``(B, H, W, C) -> (B, H2, W2, C)``; in training, keep which tap won each window."""
@@ -135,6 +140,9 @@ class GlobalMaxPool2d(_GlobalPool2d):
 
     def cached_per_sample(self) -> int:
         return self.activations()
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(keeps_bytes=self.activations() * np.dtype(np.intp).itemsize)   # argmax positions
 
     def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """The max of each channel; in training, keep where each maximum was."""

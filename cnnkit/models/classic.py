@@ -1,4 +1,7 @@
-"""Other classic architectures the lecture cites: LeNet-5, AlexNet and All-CNN-C."""
+"""Other classic architectures the lecture cites: LeNet-5, AlexNet and All-CNN-C.
+
+Every architecture function takes ``allocate=False`` to build a description only (no weights).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,15 @@ from ..layers import (AvgPool2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2
 from ..model import Sequential
 
 
-def lenet5(input_shape: tuple[int, int, int] = (32, 32, 1), num_classes: int = 10, seed: int | None = 0
-           ) -> Sequential:
+def _built(model: Sequential, input_shape: tuple[int, ...], allocate: bool = True) -> Sequential:
+    """``model`` built for ``input_shape``; with ``allocate=False`` as a description only: its
+    weights are placeholders that take no memory (enough for a summary; it cannot compute)."""
+    model.build(input_shape, allocate=allocate)
+    return model
+
+
+def lenet5(input_shape: tuple[int, int, int] = (32, 32, 1), num_classes: int = 10, seed: int | None = 0,
+           allocate: bool = True) -> Sequential:
     """LeNet-5 (LeCun et al. 1998) with tanh and average pooling (61,706 parameters at 10 classes).
 
     The original's partial C3 connection table and RBF output are replaced by full
@@ -19,11 +29,11 @@ def lenet5(input_shape: tuple[int, int, int] = (32, 32, 1), num_classes: int = 1
               Conv2d(120, 5, name="c5"), Tanh(name="tanh5"), Flatten(name="flatten"),
               Dense(84, name="f6"), Tanh(name="tanh6"), Dense(num_classes, name="output"),
               Softmax(name="prob")]
-    return Sequential(layers, input_shape=input_shape, seed=seed, name="lenet5")
+    return _built(Sequential(layers, seed=seed, name="lenet5"), input_shape, allocate)
 
 
-def alexnet(input_shape: tuple[int, int, int] = (227, 227, 3), num_classes: int = 1000, seed: int | None = 0
-            ) -> Sequential:
+def alexnet(input_shape: tuple[int, int, int] = (227, 227, 3), num_classes: int = 1000, seed: int | None = 0,
+            allocate: bool = True) -> Sequential:
     """AlexNet (Krizhevsky et al. 2012) as one tower: conv1 has the lecture's 96 filters of 11x11x3.
 
     Local response normalisation is left out (later work found it adds nothing), and the two
@@ -38,11 +48,11 @@ def alexnet(input_shape: tuple[int, int, int] = (227, 227, 3), num_classes: int 
               Dense(4096, name="fc6"), ReLU(name="relu6"), Dropout(0.5, name="drop6"),
               Dense(4096, name="fc7"), ReLU(name="relu7"), Dropout(0.5, name="drop7"),
               Dense(num_classes, name="fc8"), Softmax(name="prob")]
-    return Sequential(layers, input_shape=input_shape, seed=seed, name="alexnet")
+    return _built(Sequential(layers, seed=seed, name="alexnet"), input_shape, allocate)
 
 
-def allconv(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10, seed: int | None = 0
-            ) -> Sequential:
+def allconv(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10, seed: int | None = 0,
+            allocate: bool = True) -> Sequential:
     """All-CNN-C (Springenberg et al. 2014): stride-2 convolutions replace pooling, global average at the end."""
     spec = [(96, 3, 1, 1), (96, 3, 1, 1), (96, 3, 2, 1), (192, 3, 1, 1), (192, 3, 1, 1), (192, 3, 2, 1),
             (192, 3, 1, 0), (192, 1, 1, 0), (num_classes, 1, 1, 0)]
@@ -51,4 +61,4 @@ def allconv(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 
         layers += [Conv2d(filters, kernel, stride=stride, padding=padding, name=f"conv{index}"),
                    ReLU(name=f"relu{index}")]
     layers += [GlobalAvgPool2d(name="global_pool"), Softmax(name="prob")]
-    return Sequential(layers, input_shape=input_shape, seed=seed, name="allconv")
+    return _built(Sequential(layers, seed=seed, name="allconv"), input_shape, allocate)

@@ -28,7 +28,7 @@ CLASSIFIER_ACTIVATIONS = ("softmax", None)
 def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_classes: int = 1000,
         input_shape: tuple[int, int, int] = (224, 224, 3), pooling: str | None = None,
         classifier_activation: str | None = "softmax", width: float = 1.0, dropout: float = 0.5,
-        seed: int | None = 0, strict: bool = False, weights: str | None = None) -> Sequential:
+        seed: int | None = 0, strict: bool = False, weights: str | None = None, allocate: bool = True) -> Sequential:
     """A VGG network of configuration ``config`` ("A", "B", "C", "D" or "E").
 
     Args:
@@ -42,18 +42,23 @@ def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_cla
         dropout: dropout rate after fc6 and fc7.
         weights: a weights file to load: torchvision or timm ``.pth``, Keras ``.h5``, a cnnkit
             model file or safetensors; see :func:`cnnkit.io.load_pretrained`.
+        allocate: ``False`` builds a description only: the weights are placeholders that take no
+            memory and draw no random numbers (what ``cnnkit summary`` needs); it cannot compute.
     """
     if config not in VGG_CONFIGS:
         raise ConfigError(f"vgg: config must be one of {sorted(VGG_CONFIGS)}; received config={config!r}")
     _check_options(include_top, pooling, classifier_activation, width)
+    if weights is not None and not allocate:
+        raise ConfigError(f"vgg: weights={weights!r} need the weights allocated; received allocate=False "
+                          f"(a description only); drop one of them")
     layers = _features(VGG_CONFIGS[config], batch_norm, width)
     if include_top:
         layers += _classifier(num_classes, classifier_activation, width, dropout)
     elif pooling is not None:
         layers.append((GlobalAvgPool2d if pooling == "avg" else GlobalMaxPool2d)(name="global_pool"))
     name = {"A": "vgg11", "B": "vgg13", "C": "vgg16c", "D": "vgg16", "E": "vgg19"}[config]
-    model = Sequential(layers, input_shape=input_shape, seed=seed, strict=strict,
-                       name=name + ("_bn" if batch_norm else ""))
+    model = Sequential(layers, seed=seed, strict=strict, name=name + ("_bn" if batch_norm else ""))
+    model.build(input_shape, allocate=allocate)
     if weights is not None:
         from ..io.pretrained import load_pretrained
         load_pretrained(model, weights)
@@ -127,12 +132,13 @@ def vgg19(**options) -> Sequential:
 
 
 def vgg_small(input_shape: tuple[int, int, int] = (8, 8, 1), num_classes: int = 10, widths: tuple[int, ...] = (16, 32),
-              dense: int = 64, batch_norm: bool = False, dropout: float = 0.25, seed: int | None = 0
-              ) -> Sequential:
+              dense: int = 64, batch_norm: bool = False, dropout: float = 0.25, seed: int | None = 0,
+              allocate: bool = True) -> Sequential:
     """A small VGG-style network sized for small images such as the bundled 8x8 digits.
 
     One block per entry of ``widths``: two 3x3 convolutions (padding 1) with ReLU, then 2x2 max
-    pooling; then ``Dense(dense)``, ReLU, dropout and the classifier with softmax.
+    pooling; then ``Dense(dense)``, ReLU, dropout and the classifier with softmax. ``allocate=False``
+    builds a description only (no weights).
     """
     layers = []
     for block, channels in enumerate(widths, start=1):
@@ -144,4 +150,6 @@ def vgg_small(input_shape: tuple[int, int, int] = (8, 8, 1), num_classes: int = 
         layers.append(MaxPool2d(2, 2, name=f"pool{block}"))
     layers += [Flatten(name="flatten"), Dense(dense, name="fc1"), ReLU(name="relu_fc1"),
                Dropout(dropout, name="drop1"), Dense(num_classes, name="fc2"), Softmax(name="prob")]
-    return Sequential(layers, input_shape=input_shape, seed=seed, name="vgg_small")
+    model = Sequential(layers, seed=seed, name="vgg_small")
+    model.build(input_shape, allocate=allocate)
+    return model
