@@ -193,9 +193,6 @@ def test_cli_advise_reads_a_graph_model_file(pretrained_graph, tmp_path, capsys)
     assert "  block2 " in out and "recommendation: " in out
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="issue 14: `cnnkit transfer` writes model.summary() into its report, and the summary "
-                          "of a graph with merge layers is another part of the issue; remove this mark when it lands")
 def test_cli_transfer_on_a_graph_model_file_writes_a_graph_that_loads(pretrained_graph, tmp_path, capsys):
     from cnnkit.cli import main
     pretrained_graph.save(tmp_path / "graph.safetensors")
