@@ -102,6 +102,10 @@ class Model:
                 layer.init_scheme = init_schemes[id(layer)]
                 shape = self._shape_of_inputs(step)
                 layer.build(shape, rng, strict=self.strict)
+            elif self.strict and not layer._params and not layer.strict:
+                # described before the model's strictness was known (a pooling layer): it must hold too,
+                # or a file of this model would be refused when loaded, where the rule is applied
+                layer.build(self._shape_of_inputs(step), strict=True)
 
     def _init_schemes(self) -> dict[int, str]:
         """He initialisation for a layer whose every reader wants it (a ReLU after it), else Glorot."""
