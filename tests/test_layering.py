@@ -63,9 +63,9 @@ def import_graph(root: Path = ROOT) -> dict[str, dict[str, int]]:
     return {name: imported_modules(name, path, set(found)) for name, path in found.items()}
 
 
-def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
-    """One cycle (a list of modules, first == last) through each strongly connected component
-    of more than one module (Tarjan's algorithm, then a shortest way round from its first member)."""
+def circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm), sorted:
+    each a set of modules that all import each other, directly or through one another."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -96,7 +96,13 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     for node in sorted(graph):
         if node not in index:
             visit(node)
-    return [_round_trip(graph, component) for component in components]
+    return sorted(components)
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One cycle (a list of modules, first == last) through each circle: the shortest way round
+    from its first module."""
+    return [_round_trip(graph, component) for component in circles(graph)]
 
 
 def _round_trip(graph: dict[str, dict[str, int]], component: list[str]) -> list[str]:
@@ -122,13 +128,16 @@ def _round_trip(graph: dict[str, dict[str, int]], component: list[str]) -> list[
 
 
 def describe(graph: dict[str, dict[str, int]], cycle: list[str]) -> str:
+    """``a (line 3) -> b (line 9) -> a``: each import with the line that makes it."""
     return " -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
 
 
 def test_cnnkit_modules_import_without_cycles():
     graph = import_graph()
-    found = cycles(graph)
-    assert not found, "import cycles among cnnkit modules:\n" + "\n".join(describe(graph, c) for c in found)
+    found = circles(graph)
+    report = [f"{describe(graph, _round_trip(graph, members))}\n  (the circle holds {', '.join(members)})"
+              for members in found]
+    assert not found, "import cycles among cnnkit modules:\n" + "\n".join(report)
 
 
 def test_the_cycle_finder_reports_a_function_level_cycle(tmp_path):
@@ -143,6 +152,7 @@ def test_the_cycle_finder_reports_a_function_level_cycle(tmp_path):
     graph = import_graph(package)
     assert graph["cnnkit.alone"] == {"cnnkit.low": 1, "cnnkit.sub": 2}
     assert graph["cnnkit.sub"] == {}
+    assert circles(graph) == [["cnnkit.low", "cnnkit.sub.high"]]
     assert cycles(graph) == [["cnnkit.low", "cnnkit.sub.high", "cnnkit.low"]]
     assert describe(graph, cycles(graph)[0]) == \
         "cnnkit.low (line 2) -> cnnkit.sub.high (line 1) -> cnnkit.low"
