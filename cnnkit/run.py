@@ -18,7 +18,7 @@ import numpy as np
 from .callbacks import Callback, CSVLogger, JSONLinesLogger, ModelCheckpoint, TerminateOnNaN
 from .data import Dataset, split
 from .data.sources import TEST_FRACTION, check_not_empty, load_data, scale_to_unit  # noqa: F401 (cnnkit.run.*)
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .io import atomic_open, check_writable
 from .checkpoint import load as cnnkit_load
 from .model import Sequential

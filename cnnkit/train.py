@@ -385,7 +385,8 @@ def _check_fit_arguments(epochs, batch_size, verbose, distributed, checkpoints) 
     for name, value, minimum in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("verbose", verbose, 0)):
         if not isinstance(value, (int, np.integer)) or value < minimum:
             raise ConfigError(f"fit: {name} must be an int >= {minimum}; received {name}={value!r}")
-    if checkpoints is not None and not all(callable(getattr(checkpoints, m, None)) for m in ("check", "restore", "save")):
+    if checkpoints is not None and not all(callable(getattr(checkpoints, m, None))
+                                           for m in ("check", "restore", "save")):
         raise ConfigError(f"fit: checkpoints must be a TrainingCheckpoint (cnnkit.model_file) or None; received "
                           f"{type(checkpoints).__name__}; to give paths, call model.fit(checkpoint=path, resume=path)")
     if distributed is not None and not isinstance(distributed, MPI):

@@ -227,7 +227,8 @@ def test_an_unregistered_layer_in_a_sequential_file_is_refused_with_the_fix(tmp_
     cnnkit.Sequential([Conv2d(2, 1, name="c"), Scale(name="s")], input_shape=(2, 2, 1)).save(path)
     del LAYER_CLASSES["Scale"]
     try:
-        assert_refused(load, path, WeightsError, r"unknown class 'Scale'.*decorate the class with cnnkit.register_layer")
+        assert_refused(load, path, WeightsError,
+                       r"unknown class 'Scale'.*decorate the class with cnnkit.register_layer")
     finally:
         LAYER_CLASSES["Scale"] = Scale
 
