@@ -183,3 +183,52 @@ def test_lower_modules_never_reach_higher_ones(lower):
     graph = import_graph()
     reached = reachable(graph, lower)
     assert not reached & set(BELOW[lower]), f"{lower} imports {sorted(reached & set(BELOW[lower]))}, above it"
+
+
+DOCS = ROOT.parent / "docs" / "architecture.md"
+
+
+def documented_rows() -> list[list[str]]:
+    """The rows of the layer diagram in docs/architecture.md, top first: each a list of names
+    such as ``model``, ``transfer/run``, ``layers/`` (a package) or ``cnnkit/__init__``."""
+    text = DOCS.read_text()
+    block = text[text.index("## Layers"):]
+    block = block[block.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    rows: list[list[str]] = []
+    for line in block.splitlines():
+        names = [n.split(" (")[0].strip() for n in line[:49].split("·") if n.strip()]
+        if line.startswith("  "):
+            rows[-1].extend(names)
+        else:
+            rows.append(names)
+    return rows
+
+
+def _place(module: str, rows: list[list[str]]) -> tuple[int, str]:
+    """The diagram row of ``module`` and the name that covers it; the most specific name wins
+    (``transfer/run`` over the package ``transfer/``)."""
+    found = None
+    for position, names in enumerate(rows):
+        for name in names:
+            dotted = "cnnkit" if name == "cnnkit/__init__" else "cnnkit." + name.rstrip("/").replace("/", ".")
+            covers = module == dotted or (name.endswith("/") and module.startswith(dotted + "."))
+            if covers and (found is None or len(name) > len(found[1])):
+                found = (position, name)
+    assert found is not None, f"{module} is in no row of the layer diagram in {DOCS.name}; add it"
+    return found
+
+
+def test_the_layer_diagram_in_the_docs_matches_the_imports():
+    """Every module sits in a row of the diagram and imports only modules of rows below it, or
+    of its own package (``layers/``: the package re-exports its modules)."""
+    rows = documented_rows()
+    wrong = []
+    for module, imports in import_graph().items():
+        row, name = _place(module, rows)
+        for target, line in imports.items():
+            target_row, target_name = _place(target, rows)
+            if target_row <= row and target_name != name:
+                wrong.append(f"{module} (line {line}) imports {target}, which the diagram puts "
+                             f"{'in the same row' if target_row == row else 'above it'}")
+    assert not wrong, "\n".join(wrong)
