@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import imagenet_classes, imagenet_eval_transform, load_image, resize
+from .data.sources import load_data
 from .errors import ConfigError, WeightsError
 
 IMAGENET_MODES = ("caffe", "torch", "tf")
@@ -61,6 +62,14 @@ def photo_transform(model, mode: str | None = None):
         raise ConfigError(f"{model.name}: ImageNet preprocessing needs a square input; the model takes "
                           f"{height}x{width}")
     return imagenet_eval_transform(chosen, resize_to=round(height * 256 / 224), crop=height)
+
+
+def load_images(spec: str, model, seed: int = 0):
+    """``(train, test)``: the bundled digits, or a folder (``train/`` and ``test/``, else an 80/20 split)
+    read exactly as ``cnnkit classify`` reads photos for ``model`` (its input size and preprocessing)."""
+    transform = photo_transform(model) if spec != "digits" else None
+    # photo_transform prepares 0-255 photos itself, as classify does: no scaling before it
+    return load_data(spec, image_size=None, seed=seed, transform=transform, scale=False)
 
 
 def load_batch(model, paths: Sequence[str], mode: str | None = None) -> np.ndarray:

@@ -145,8 +145,7 @@ def _features(args: argparse.Namespace) -> int:
 
 def _advise(args: argparse.Namespace) -> int:
     from .transfer import advise
-    from .classify import load_model
-    from .transfer.run import load_images
+    from .classify import load_images, load_model
     source = load_model(args.weights, args.arch, args.batch_norm)
     train, _ = load_images(args.data, source, args.seed)
     print(advise(source, train, large_per_class=args.large_per_class, similar_above=args.similar_above,

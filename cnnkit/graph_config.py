@@ -3,75 +3,130 @@
 A model file is an attack surface: its architecture is read as plain data, every field is
 checked before use, layer classes come from the registered table only (no code runs), and a
 node may only read tensors defined before it (so a file cannot make a cycle).
+
+Reading happens in two steps: :func:`parse_graph` checks the structure and makes the layer
+objects (constructor arguments only: nothing is built or allocated), and :func:`graph_from_config`
+connects them. Between the two, a file reader can walk the nodes with their shapes and count
+what each layer would allocate against what the file holds (:mod:`cnnkit.checkpoint`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from .errors import ConfigError
 from .graph import Input, SymbolicTensor
+from .layers import LAYER_CLASSES, Layer
 
+#: version of the graph architecture format (``"format"`` in ``Model.get_config``)
+GRAPH_FORMAT = 1
 #: the largest graph a file may describe (ResNet-152 has about 500 nodes)
 MAX_NODES = 100_000
+
+
+@dataclass
+class GraphNode:
+    """One node of a parsed graph: ``layer`` applied to the tensors named ``inputs``; its output is
+    the tensor ``name`` (the layer's name, ``name:1`` for its second use)."""
+
+    name: str
+    layer: str
+    inputs: list[str]
+
+
+@dataclass
+class GraphSpec:
+    """A graph architecture, checked and not yet built: its layers (unbuilt), inputs, nodes in order,
+    outputs and the ``Model`` options."""
+
+    layers: dict[str, Layer]
+    inputs: list[SymbolicTensor]
+    nodes: list[GraphNode]
+    outputs: list[str]
+    options: dict
+    several_inputs: bool
+    several_outputs: bool
+
+
+def parse_graph(config: Mapping) -> GraphSpec:
+    """Check the structure of a graph config and make its layer objects (not built)."""
+    version = config.get("format")
+    if version != GRAPH_FORMAT:
+        raise ConfigError(f"architecture: graph format {version!r} is not one this cnnkit reads ({GRAPH_FORMAT}); "
+                          f"upgrade cnnkit to read it")
+    layers = _layers(_list(config, "layers"), LAYER_CLASSES)
+    inputs, defined = [], set()
+    for index, entry in enumerate(_list(config, "inputs")):
+        name = _string(_field(entry, "name", f"input {index}"), f"input {index} name")
+        if name in defined:
+            raise ConfigError(f"architecture: input name {name!r} appears twice")
+        inputs.append(Input(_field(entry, "shape", f"input {name}"), name=name))
+        defined.add(name)
+    nodes = _list(config, "nodes")
+    if len(nodes) > MAX_NODES:
+        raise ConfigError(f"architecture: {len(nodes)} nodes is more than the {MAX_NODES} cnnkit reads")
+    parsed, uses = [], {}
+    for index, entry in enumerate(nodes):
+        node = _node(entry, index, layers, defined, uses)
+        parsed.append(node)
+        defined.add(node.name)
+    outputs = _list(config, "outputs")
+    for name in outputs:
+        if not isinstance(name, str) or name not in defined:
+            raise ConfigError(f"architecture: output {name!r} is not an input or a node")
+    if not inputs or not outputs:
+        raise ConfigError("architecture: a graph needs at least one input and one output")
+    options = {"name": _string(config.get("name", "model"), "name"), "seed": config.get("seed", 0),
+               "strict": bool(config.get("strict", False))}
+    return GraphSpec(layers, inputs, parsed, list(outputs), options,
+                     bool(config.get("several_inputs", True)), bool(config.get("several_outputs", True)))
+
+
+def _node(entry, index: int, layers: dict[str, Layer], defined: set[str], uses: dict[str, int]) -> GraphNode:
+    """Node ``index`` of a config, checked: a known layer reading tensors defined before it."""
+    layer_name = _string(_field(entry, "layer", f"node {index}"), f"node {index} layer")
+    if layer_name not in layers:
+        raise ConfigError(f"architecture: node {index} applies layer {layer_name!r}, which is not among the "
+                          f"layers {sorted(layers)}")
+    sources = _field(entry, "inputs", f"node {index}") or []
+    if not isinstance(sources, list):
+        raise ConfigError(f"architecture: node {index} ({layer_name}) inputs must be a list of tensor names")
+    for source in sources:
+        if not isinstance(source, str) or source not in defined:
+            raise ConfigError(f"architecture: node {index} ({layer_name}) reads {source!r}, which is not an "
+                              f"input or an earlier node")
+    if not sources:
+        raise ConfigError(f"architecture: node {index} ({layer_name}) reads no tensor")
+    if layers[layer_name].arity is not None and len(sources) != 1:
+        raise ConfigError(f"architecture: node {index} ({layer_name}) reads {len(sources)} tensors; "
+                          f"the layer takes one")
+    count = uses.get(layer_name, 0)
+    uses[layer_name] = count + 1
+    return GraphNode(layer_name if count == 0 else f"{layer_name}:{count}", layer_name, list(sources))
 
 
 def graph_from_config(config: Mapping) -> tuple[list[SymbolicTensor] | SymbolicTensor,
                                                 list[SymbolicTensor] | SymbolicTensor, dict]:
     """The inputs, outputs and ``Model`` options that ``config`` describes; its layers built
     as descriptions (the model draws or loads their weights)."""
-    from .layers import LAYER_CLASSES
-    version = config.get("format")
-    if version != 1:
-        raise ConfigError(f"architecture: graph format {version!r} is not one this cnnkit reads (1); "
-                          f"upgrade cnnkit to read it")
-    layers = _layers(_list(config, "layers"), LAYER_CLASSES)
-    tensors: dict[str, SymbolicTensor] = {}
-    inputs = []
-    for index, entry in enumerate(_list(config, "inputs")):
-        name = _string(_field(entry, "name", f"input {index}"), f"input {index} name")
-        if name in tensors:
-            raise ConfigError(f"architecture: input name {name!r} appears twice")
-        tensors[name] = Input(_field(entry, "shape", f"input {name}"), name=name)
-        inputs.append(tensors[name])
-    uses: dict[str, int] = {}
-    nodes = _list(config, "nodes")
-    if len(nodes) > MAX_NODES:
-        raise ConfigError(f"architecture: {len(nodes)} nodes is more than the {MAX_NODES} cnnkit reads")
-    for index, entry in enumerate(nodes):
-        layer_name = _string(_field(entry, "layer", f"node {index}"), f"node {index} layer")
-        if layer_name not in layers:
-            raise ConfigError(f"architecture: node {index} applies layer {layer_name!r}, which is not among the "
-                              f"layers {sorted(layers)}")
-        sources = []
-        for source in _field(entry, "inputs", f"node {index}") or []:
-            if not isinstance(source, str) or source not in tensors:
-                raise ConfigError(f"architecture: node {index} ({layer_name}) reads {source!r}, which is not an "
-                                  f"input or an earlier node")
-            sources.append(tensors[source])
-        if not sources:
-            raise ConfigError(f"architecture: node {index} ({layer_name}) reads no tensor")
-        layer = layers[layer_name]
-        count = uses.get(layer_name, 0)
-        uses[layer_name] = count + 1
-        node_name = layer_name if count == 0 else f"{layer_name}:{count}"
-        tensors[node_name] = layer(sources if layer.arity is None else sources[0]) \
-            if layer.arity is None or len(sources) == 1 else _arity_error(layer_name, index, len(sources))
-    outputs = []
-    for name in _list(config, "outputs"):
-        if not isinstance(name, str) or name not in tensors:
-            raise ConfigError(f"architecture: output {name!r} is not an input or a node")
-        outputs.append(tensors[name])
-    if not inputs or not outputs:
-        raise ConfigError("architecture: a graph needs at least one input and one output")
-    options = {"name": _string(config.get("name", "model"), "name"), "seed": config.get("seed", 0),
-               "strict": bool(config.get("strict", False))}
-    several_in, several_out = bool(config.get("several_inputs", True)), bool(config.get("several_outputs", True))
-    return (inputs if several_in or len(inputs) > 1 else inputs[0],
-            outputs if several_out or len(outputs) > 1 else outputs[0], options)
+    return build_graph(parse_graph(config))
 
 
-def _layers(entries: list, classes: Mapping) -> dict:
+def build_graph(spec: GraphSpec) -> tuple[list[SymbolicTensor] | SymbolicTensor,
+                                          list[SymbolicTensor] | SymbolicTensor, dict]:
+    """Connect the layers of a parsed graph (building each as a description, no weights)."""
+    tensors: dict[str, SymbolicTensor] = {tensor.name: tensor for tensor in spec.inputs}
+    for node in spec.nodes:
+        layer = spec.layers[node.layer]
+        sources = [tensors[name] for name in node.inputs]
+        tensors[node.name] = layer(sources if layer.arity is None else sources[0])
+    inputs, outputs = spec.inputs, [tensors[name] for name in spec.outputs]
+    return (inputs if spec.several_inputs or len(inputs) > 1 else inputs[0],
+            outputs if spec.several_outputs or len(outputs) > 1 else outputs[0], dict(spec.options))
+
+
+def _layers(entries: list, classes: Mapping) -> dict[str, Layer]:
     layers = {}
     for index, entry in enumerate(entries):
         kind = entry.get("class") if isinstance(entry, Mapping) else None
@@ -89,10 +144,6 @@ def _layers(entries: list, classes: Mapping) -> dict:
             raise ConfigError(f"architecture: layer {index} ({kind}) needs a unique name; received {layer.name!r}")
         layers[layer.name] = layer
     return layers
-
-
-def _arity_error(layer: str, index: int, count: int):
-    raise ConfigError(f"architecture: node {index} ({layer}) reads {count} tensors; the layer takes one")
 
 
 def _list(config: Mapping, key: str) -> list:

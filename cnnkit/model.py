@@ -15,12 +15,14 @@ import numpy as np
 from .errors import ConfigError, ShapeError, WeightsError
 from .executor import Plan, Step, Tape, run_backward, run_forward
 from .graph import Input, Node, SymbolicTensor, connect, trace
+from .graph_config import GRAPH_FORMAT, graph_from_config
+from .layers import LAYER_CLASSES
 from .layers.base import Layer, as_compute_dtype
+from .model_file import TrainingCheckpoint, save_model
 from .ops.runtime import entry_point
 from .parameter import Parameter, describing_only
-
-#: version of the graph architecture format written by :meth:`Model.get_config`
-GRAPH_FORMAT = 1
+from .summary import render_summary
+from .train import evaluate as evaluate_model, fit as fit_model
 
 
 class Model:
@@ -100,6 +102,10 @@ class Model:
                 layer.init_scheme = init_schemes[id(layer)]
                 shape = self._shape_of_inputs(step)
                 layer.build(shape, rng, strict=self.strict)
+            elif self.strict and not layer._params and not layer.strict:
+                # described before the model's strictness was known (a pooling layer): it must hold too,
+                # or a file of this model would be refused when loaded, where the rule is applied
+                layer.build(self._shape_of_inputs(step), strict=True)
 
     def _init_schemes(self) -> dict[int, str]:
         """He initialisation for a layer whose every reader wants it (a ReLU after it), else Glorot."""
@@ -370,28 +376,36 @@ class Model:
     def from_config(cls, config: Mapping) -> "Model":
         """Build a model from :meth:`get_config` data; no code is run: layer classes come from a
         fixed table (and :func:`cnnkit.register_layer`)."""
-        if config.get("class") != "Model" or "nodes" not in config:
+        if config.get("class") != "Model":
             return Sequential.from_config(config)
-        from .graph_config import graph_from_config
         inputs, outputs, options = graph_from_config(config)
         model = cls(inputs, outputs, **options)
         model.meta = dict(config.get("meta", {}))
         return model
 
     # ------------------------------------------------------------------ training (see cnnkit.train)
-    def fit(self, train, epochs: int = 1, batch_size: int = 32, optimizer=None, **options):
-        """Train with back-propagation; see :func:`cnnkit.train.fit` for every option."""
-        from .train import fit
-        return fit(self, train, epochs=epochs, batch_size=batch_size, optimizer=optimizer, **options)
+    def fit(self, train, epochs: int = 1, batch_size: int = 32, optimizer=None, checkpoint=None, resume=None,
+            **options):
+        """Train with back-propagation; see :func:`cnnkit.train.fit` for every other option.
+
+        ``checkpoint``: a path; a training checkpoint (weights, optimizer, schedule, epoch, history
+        and the callbacks' state) is written there atomically at the end of every epoch, after the
+        callbacks (best model, logs); a path that cannot be written fails before training.
+        ``resume``: a training checkpoint to continue from (the callbacks continue from their saved
+        state, the logs are rewritten from its history, the optimizer's state is the checkpoint's).
+        Both become the :class:`cnnkit.model_file.TrainingCheckpoint` that ``fit`` is given.
+        """
+        if checkpoint is not None or resume is not None:
+            options["checkpoints"] = TrainingCheckpoint(save_to=checkpoint, resume_from=resume)
+        return fit_model(self, train, epochs=epochs, batch_size=batch_size, optimizer=optimizer, **options)
 
     def evaluate(self, data, batch_size: int = 256, **options) -> dict[str, float]:
         """Loss and accuracy on ``data``; see :func:`cnnkit.train.evaluate`."""
-        from .train import evaluate
-        return evaluate(self, data, batch_size=batch_size, **options)
+        return evaluate_model(self, data, batch_size=batch_size, **options)
 
     def save(self, path) -> None:
-        """Write architecture (JSON) and weights (safetensors) to one file, atomically."""
-        from .checkpoint import save_model
+        """Write architecture (JSON) and weights (safetensors) to one file, atomically; read it back
+        with :func:`cnnkit.load` (see :mod:`cnnkit.model_file` for the format)."""
         save_model(self, path)
 
     # ------------------------------------------------------------------ description
@@ -401,7 +415,6 @@ class Model:
         ``format="text"`` prints the table (and returns it), ``"markdown"`` returns Markdown,
         ``"json"`` returns a JSON string, ``"dict"`` the data itself.
         """
-        from .summary import render_summary
         return render_summary(self, batch_size=batch_size, format=format, print_fn=print_fn)
 
     def __repr__(self) -> str:
@@ -491,13 +504,13 @@ class Sequential(Model):
         A graph's config (``"class": "Model"``) gives a :class:`Model`."""
         if isinstance(config, Mapping) and config.get("class") == "Model":
             return Model.from_config(config)
-        from .layers import LAYER_CLASSES
         layers = []
         for index, entry in enumerate(config.get("layers", [])):
             kind = entry.get("class") if isinstance(entry, Mapping) else None
             if kind not in LAYER_CLASSES:
-                raise ConfigError(f"architecture: layer {index} has unknown class {kind!r}; "
-                                  f"known classes are {sorted(LAYER_CLASSES)}")
+                raise ConfigError(f"architecture: layer {index} has unknown class {kind!r}; known classes are "
+                                  f"{sorted(LAYER_CLASSES)} (custom layers: decorate the class with "
+                                  f"cnnkit.register_layer)")
             try:
                 layers.append(LAYER_CLASSES[kind].from_config(entry.get("config", {})))
             except TypeError as error:

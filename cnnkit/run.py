@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks import Callback, CSVLogger, JSONLinesLogger, ModelCheckpoint, TerminateOnNaN
-from .data import Dataset, ImageFolder, digits, split
-from .data.transforms import apply_transform
-from .errors import ConfigError, DataError
+from .data import Dataset, split
+from .data.sources import TEST_FRACTION, check_not_empty, load_data, scale_to_unit  # noqa: F401 (cnnkit.run.*)
+from .errors import ConfigError
 from .io import atomic_open, check_writable
 from .checkpoint import load as cnnkit_load
 from .model import Sequential
@@ -28,56 +28,8 @@ from .optim import SGD, Adam
 OPTIMIZERS = ("sgd", "adam")
 #: the learning rate of a new run: vgg_small reaches about 0.98 on the digits in 15 epochs with it
 DEFAULT_LR = 0.02
-#: the share of a folder's images (per class) held out for the test, and of the rest for validation
-TEST_FRACTION, VALIDATION_FRACTION = 0.2, 0.1
-
-
-def scale_to_unit(image: np.ndarray, rng=None) -> np.ndarray:
-    """0-255 pixels to [0, 1] (the ``unit`` preprocessing)."""
-    return image / np.float32(255.0)
-
-
-def load_data(spec: str, image_size: int | None = 64, seed: int = 0, transform=None,
-              scale: bool = True) -> tuple[Dataset, Dataset]:
-    """``"digits"`` (the bundled set), or an image folder: ``PATH/train`` and ``PATH/test`` when present,
-    otherwise ``PATH/<class>/*`` split 80/20 per class. Folder images are resized to ``image_size``
-    (``None``: kept), scaled from 0-255 to [0, 1] unless ``scale=False``, and then passed through
-    ``transform``."""
-    if spec == "digits":
-        return digits("train"), digits("test")
-    root = Path(spec)
-    if not root.is_dir():
-        raise DataError(f"--data must be 'digits' or a folder of class sub-folders; {spec!r} is neither")
-    steps = [t for t in (scale_to_unit if scale else None, transform) if t is not None]
-    pipeline = None if not steps else steps[0] if len(steps) == 1 else _chain(steps)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train = _two_classes(ImageFolder(root / "train", size=image_size, transform=pipeline), root / "train")
-        return train, ImageFolder(root / "test", size=image_size, transform=pipeline)
-    train, test = split(_two_classes(ImageFolder(root, size=image_size, transform=pipeline), root),
-                        fraction=TEST_FRACTION, seed=seed)
-    _not_empty(test, root, "test", TEST_FRACTION, "or give PATH/train and PATH/test folders")
-    return train, test
-
-
-def _chain(steps):
-    def chained(image, rng=None):
-        for step in steps:
-            image = apply_transform(step, image, rng)
-        return image
-    return chained
-
-
-def _two_classes(folder: ImageFolder, root: Path) -> ImageFolder:
-    if len(folder.classes) < 2:
-        raise DataError(f"--data {str(root)!r} has one class folder ({folder.classes[0]!r}); a classifier "
-                        f"needs at least two: add a sub-folder of images for each other class")
-    return folder
-
-
-def _not_empty(part: Dataset, root, name: str, fraction: float, hint: str) -> None:
-    if len(part) == 0:
-        raise DataError(f"--data {str(root)!r}: the {name} split ({fraction:.0%} of each class) is empty, "
-                        f"the classes are too small; add images to each class {hint}")
+#: the share of the training data (after the test split) held out for validation
+VALIDATION_FRACTION = 0.1
 
 
 def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> Sequential:
@@ -161,7 +113,7 @@ def train_run(data: str = "digits", model: str = "vgg_small", epochs: int = 10, 
         raise ConfigError(f"--resume: no checkpoint to resume at {checkpoint}")
     train, test = load_data(data, image_size, seed)
     fit_on, validation = split(train, fraction=VALIDATION_FRACTION, seed=seed)   # never the test set
-    _not_empty(validation, data, "validation", VALIDATION_FRACTION, "(the validation split picks the best epoch)")
+    check_not_empty(validation, data, "validation", VALIDATION_FRACTION, "(the validation split picks the best epoch)")
     image, _ = train[0]
     net = build_model(model, image.shape, len(train.classes), seed)
     net.meta["class_names"] = list(train.classes)

@@ -10,8 +10,8 @@ import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from .callbacks import Callback, CallbackList
 from .data import ArrayDataset, Dataset, batches, subset
 from .distributed import MPI
 from .errors import ConfigError, DataError
+from .history import History   # also cnnkit.train.History, where it lived before
 from .layers import Softmax
 from .executor import Tape, run_backward, run_forward
 from .ops.loss import softmax_cross_entropy
@@ -26,24 +27,19 @@ from .ops.runtime import entry_point, runtime
 from .optim import SGD, OneCycleLR, Optimizer, ReduceLROnPlateau
 
 
-@dataclass
-class History:
-    """Every metric per epoch: ``history.history["val_accuracy"][-1]`` is the last validation accuracy."""
+class Checkpoints(Protocol):
+    """What ``fit`` needs of the training checkpoints it is given (:class:`cnnkit.model_file.TrainingCheckpoint`
+    is the one ``Model.fit(checkpoint=..., resume=...)`` makes); ``fit`` never reads or writes files itself."""
 
-    history: dict[str, list[float]] = field(default_factory=dict)
-    epochs: list[int] = field(default_factory=list)
+    def check(self) -> None:
+        """Raise a CnnkitError, before training, when the checkpoints cannot be written."""
 
-    def append(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epochs.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(float(value))
+    def restore(self, model, optimizer, schedule) -> tuple[int, History, dict[str, dict]] | None:
+        """Load the state to resume from into the objects; return (epochs done, history, callbacks'
+        states), or None to start afresh."""
 
-    def to_dict(self) -> dict:
-        return {"epochs": list(self.epochs), "history": {k: list(v) for k, v in self.history.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "History":
-        return cls(history={k: list(v) for k, v in data.get("history", {}).items()}, epochs=list(data["epochs"]))
+    def save(self, model, optimizer, schedule, epoch: int, history: History, callbacks: dict[str, dict]) -> None:
+        """Record the state after ``epoch`` finished epochs."""
 
 
 def as_dataset(data, argument: str) -> Dataset:
@@ -208,7 +204,7 @@ def predict(model, data, batch_size: int = 256) -> np.ndarray:
 
 def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimizer | None = None,
         validation=None, callbacks: list[Callback] = (), seed: int = 0, verbose: int = 1, schedule=None,
-        transform=None, checkpoint=None, resume=None, distributed: MPI | None = None) -> History:
+        transform=None, checkpoints: Checkpoints | None = None, distributed: MPI | None = None) -> History:
     """Train ``model`` on ``train`` with mini-batch gradient descent and back-propagation.
 
     Args:
@@ -224,31 +220,31 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
         schedule: a learning-rate schedule; stepped per epoch (``OneCycleLR`` per batch,
             ``ReduceLROnPlateau`` with ``val_loss`` or ``loss``).
         transform: ``t(image, rng)`` applied to each training image (augmentation).
-        checkpoint: a path; a training checkpoint (weights, optimizer, schedule, epoch, history and
-            the callbacks' state) is written there atomically at the end of every epoch, after the
-            callbacks (best model, logs). A path that cannot be written fails before training.
-        resume: a training checkpoint to continue from; the callbacks continue from their saved
-            state (the best value so far, patience) and the logs are rewritten from its history.
-            The optimizer's state, learning rate included, is the checkpoint's.
+        checkpoints: the training checkpoints (:class:`Checkpoints`; ``Model.fit(checkpoint=path,
+            resume=path)`` makes a :class:`cnnkit.model_file.TrainingCheckpoint`): checked before
+            training, restored before the first epoch (the callbacks continue from their saved state,
+            the best value so far and patience, and the logs are rewritten from its history; the
+            optimizer's state, learning rate included, is the checkpoint's), and saved at the end of
+            every epoch, after the callbacks (best model, logs).
         distributed: :class:`cnnkit.distributed.MPI` for data-parallel training in processes
             started by ``mpiexec``: each process trains on its share of every batch, the gradients
-            are averaged, batch norm uses the whole batch's statistics; rank 0 alone reads
-            ``resume`` (its state is broadcast), prints, runs the callbacks and writes ``checkpoint``.
+            are averaged, batch norm uses the whole batch's statistics; rank 0 alone restores and
+            saves the checkpoints (the restored state is broadcast), prints and runs the callbacks.
             Metrics, loss and validation are those of all processes together.
     """
     train_data = _non_empty(as_dataset(train, "train"), "train")
     val_data = _non_empty(as_dataset(validation, "validation"), "validation") if validation is not None else None
-    _check_fit_arguments(epochs, batch_size, verbose, distributed)
+    _check_fit_arguments(epochs, batch_size, verbose, distributed, checkpoints)
     root = distributed is None or distributed.is_root
     if not root:   # one process speaks and writes: rank 0
-        verbose, callbacks, checkpoint, resume = 0, (), None, None
+        verbose, callbacks, checkpoints = 0, (), None
     with _failing_together(distributed):
-        if checkpoint is not None:
-            _check_checkpoint_path(checkpoint)
+        if checkpoints is not None:
+            checkpoints.check()
         optimizer = optimizer if optimizer is not None else SGD(lr=0.01, momentum=0.9)
         optimizer.bind(model.parameters())
         hooks = CallbackList(callbacks, model, verbose)
-        start, history = _resume(resume, model, optimizer, schedule, hooks)
+        start, history = _resume(checkpoints, model, optimizer, schedule, hooks)
         model.stop_training = False
         run = _Run(model, optimizer, train_data, epochs, batch_size, seed, verbose, schedule, transform, hooks,
                    distributed)
@@ -257,7 +253,7 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
             if distributed is not None:   # after on_train_begin: a callback may set the learning rate
                 start, history = _broadcast_start(distributed, model, optimizer, schedule, start, history)
             with distributed.training() if distributed is not None else nullcontext():
-                _run_epochs(run, val_data, start, history, checkpoint)
+                _run_epochs(run, val_data, start, history, checkpoints)
             hooks.on_train_end()
             if distributed is not None:   # a callback may have restored earlier weights on rank 0
                 _broadcast_weights(distributed, model)
@@ -293,13 +289,13 @@ class _Run:
     distributed: MPI | None
 
 
-def _resume(resume, model, optimizer, schedule, hooks) -> tuple[int, History]:
+def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule, hooks) -> tuple[int, History]:
     """The epoch to start from and the history so far: a checkpoint's, or none."""
-    if resume is None:
+    restored = checkpoints.restore(model, optimizer, schedule) if checkpoints is not None else None
+    if restored is None:
         return 0, History()
-    from .checkpoint import load_training_checkpoint, read_callback_states
-    start, history = load_training_checkpoint(resume, model, optimizer, schedule)
-    hooks.load_state_dict(read_callback_states(resume))
+    start, history, callback_states = restored
+    hooks.load_state_dict(callback_states)
     hooks.on_resume(history)
     return start, history
 
@@ -324,8 +320,7 @@ def _broadcast_weights(distributed: MPI, model) -> None:
         model.load_state_dict(state)
 
 
-def _run_epochs(run: _Run, val_data, start: int, history: History, checkpoint) -> None:
-    from .checkpoint import save_training_checkpoint
+def _run_epochs(run: _Run, val_data, start: int, history: History, checkpoints: Checkpoints | None) -> None:
     model, hooks = run.model, run.hooks
     for epoch in range(start, run.epochs):
         logs, failed = _run_epoch(run, epoch)
@@ -341,9 +336,8 @@ def _run_epochs(run: _Run, val_data, start: int, history: History, checkpoint) -
         # resumed run redo this epoch (same seed, same result) and rewrite the logs from the
         # checkpoint's history, so no epoch is lost from the files or written twice.
         hooks.on_epoch_end(epoch + 1, logs)
-        if checkpoint is not None:
-            save_training_checkpoint(checkpoint, model, run.optimizer, run.schedule, epoch + 1, history,
-                                     callbacks=hooks.state_dict())
+        if checkpoints is not None:
+            checkpoints.save(model, run.optimizer, run.schedule, epoch + 1, history, hooks.state_dict())
         _agree_to_stop(run)
         if model.stop_training:
             break
@@ -387,22 +381,14 @@ def _non_empty(dataset: Dataset, argument: str) -> Dataset:
     return dataset
 
 
-def _check_checkpoint_path(checkpoint) -> None:
-    """Fail before training, not after the first epoch, when the checkpoint cannot be written."""
-    from .io import check_writable
-    path = Path(checkpoint)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(path)
-    except OSError as error:
-        raise ConfigError(f"fit: checkpoint={str(checkpoint)!r} cannot be written "
-                          f"({error.strerror or error}); give a path in a writable folder") from None
-
-
-def _check_fit_arguments(epochs, batch_size, verbose, distributed) -> None:
+def _check_fit_arguments(epochs, batch_size, verbose, distributed, checkpoints) -> None:
     for name, value, minimum in (("epochs", epochs, 0), ("batch_size", batch_size, 1), ("verbose", verbose, 0)):
         if not isinstance(value, (int, np.integer)) or value < minimum:
             raise ConfigError(f"fit: {name} must be an int >= {minimum}; received {name}={value!r}")
+    if checkpoints is not None and not all(callable(getattr(checkpoints, m, None))
+                                           for m in ("check", "restore", "save")):
+        raise ConfigError(f"fit: checkpoints must be a TrainingCheckpoint (cnnkit.model_file) or None; received "
+                          f"{type(checkpoints).__name__}; to give paths, call model.fit(checkpoint=path, resume=path)")
     if distributed is not None and not isinstance(distributed, MPI):
         raise ConfigError(f"fit: distributed must be None or cnnkit.distributed.MPI(); received "
                           f"{type(distributed).__name__}")

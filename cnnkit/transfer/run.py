@@ -6,22 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..classify import load_model, photo_transform
+from ..classify import load_images, load_model  # noqa: F401 (load_images: cnnkit.transfer.run.load_images)
 from ..errors import ConfigError
 from ..io import atomic_open
-from ..run import load_data
 from .advisor import advise
 from .scenarios import features, finetune, scratch
 
 MODES = ("features", "finetune", "scratch", "auto")
-
-
-def load_images(spec: str, model, seed: int = 0):
-    """``(train, test)``: the bundled digits, or a folder (``train/`` and ``test/``, else an 80/20 split)
-    read exactly as ``cnnkit classify`` reads photos for ``model`` (its input size and preprocessing)."""
-    transform = photo_transform(model) if spec != "digits" else None
-    # photo_transform prepares 0-255 photos itself, as classify does: no scaling before it
-    return load_data(spec, image_size=None, seed=seed, transform=transform, scale=False)
 
 
 def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "auto", layer: str | None = None,

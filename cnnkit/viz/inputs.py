@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import load
+from ..classify import load_batch, load_images, preprocessing_of
+from ..data import digits
+from ..data.sources import load_data
 from ..errors import ConfigError, DataError
 
 MODEL_FILE = "model.safetensors"
@@ -15,7 +19,6 @@ DIGITS_PREFIX = "digits:"
 
 def load_model(path: str | os.PathLike):
     """A cnnkit model file, or the ``model.safetensors`` of a run folder."""
-    from ..checkpoint import load
     target = Path(path)
     if target.is_dir():
         target = target / MODEL_FILE
@@ -30,12 +33,10 @@ def load_input(model, spec: str) -> np.ndarray:
     image file prepared as ``cnnkit classify`` prepares photos for this model."""
     if spec.startswith(DIGITS_PREFIX):
         return _digit(model, spec)
-    from ..classify import load_batch
     return load_batch(model, [spec])[0]
 
 
 def _digit(model, spec: str) -> np.ndarray:
-    from ..data import digits
     test = digits("test")
     try:
         index = int(spec[len(DIGITS_PREFIX):])
@@ -55,9 +56,6 @@ def load_test_data(spec: str, model, seed: int = 0):
     a ``cnnkit train`` model (preprocessing ``unit``, or ``none`` from before folders were scaled)
     reads the folder as training did; any other (``cnnkit transfer``, pretrained weights) reads it
     as ``cnnkit classify`` reads photos for it."""
-    from ..classify import preprocessing_of
-    from ..run import load_data
-    from ..transfer.run import load_images
     mode = preprocessing_of(model)
     if spec == "digits" or mode not in ("unit", "none"):
         return load_images(spec, model, seed=seed)[1]

@@ -89,6 +89,26 @@ def _model_file(folder: Path):
     return path, {name: np.array(value) for name, value in model.state_dict().items()}
 
 
+def _graph_model_file(folder: Path):
+    """A graph model file: a residual block (projection and identity shortcuts), a concatenation,
+    a layer at two nodes, batch norm with frozen statistics, a frozen layer, two inputs and outputs."""
+    import cnnkit
+    from cnnkit.layers import Add, BatchNorm2d, Concatenate, Conv2d, Dense, Flatten, GlobalAvgPool2d, ReLU
+
+    image, side = cnnkit.Input((6, 6, 2), name="image"), cnnkit.Input((6, 6, 1), name="side")
+    y = ReLU()(BatchNorm2d(name="bn1", frozen_stats=True)(Conv2d(4, 3, padding=1, name="conv1")(image)))
+    y = Add()([y, Conv2d(4, 1, name="proj")(image)])
+    shared = Conv2d(4, 3, padding=1, name="shared")
+    y = shared(Add()([ReLU()(shared(y)), y]))
+    y = Concatenate()([y, Conv2d(2, 1, name="side_conv")(side)])
+    model = cnnkit.Model([image, side], [Dense(3, name="fc")(Flatten()(y)), Dense(2, name="aux")(GlobalAvgPool2d()(y))],
+                         name="graph")
+    model.freeze("proj")
+    path = folder / "base.safetensors"
+    model.save(path)
+    return path, {name: np.array(value) for name, value in model.state_dict().items()}
+
+
 def _image_file(folder: Path, fmt: str):
     from PIL import Image
 
@@ -106,6 +126,7 @@ FORMATS = {
     "safetensors": ("safetensors", ".safetensors", _safetensors_file),
     "h5": ("h5", ".h5", _h5_file),
     "model": ("model", ".safetensors", _model_file),
+    "graph-model": ("model", ".safetensors", _graph_model_file),
     "png": ("image", ".png", lambda d: _image_file(d, "png")),
     "jpeg": ("image", ".jpg", lambda d: _image_file(d, "jpg")),
 }

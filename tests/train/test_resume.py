@@ -69,7 +69,7 @@ def test_early_stopping_patience_survives_a_resume(tmp_path):
 
 @pytest.mark.parametrize("where", ["logs", "checkpoint"])
 def test_a_kill_between_the_writes_loses_no_epoch_and_repeats_none(tmp_path, monkeypatch, where):
-    import cnnkit.checkpoint as checkpoint_module
+    import cnnkit.model_file as checkpoint_module   # where TrainingCheckpoint writes from
     original_log = CSVLogger.on_epoch_end
     original_save = checkpoint_module.save_training_checkpoint
 
