@@ -27,9 +27,10 @@ with the measurements behind them, in :mod:`cnnkit.ops.tuning`. The kernels behi
 
 The forward returns a :class:`ConvContext` beside its output: what the backward needs, so one
 layer can run at several places of a graph. The backward chooses again, with the backward's
-thresholds. Winograd rows transform the filters; a caller that passes ``filter_cache`` (a dict it
-keeps for one weight and empties when the weight changes, as :class:`~cnnkit.layers.Conv2d` does
-on the weight's version) has them kept there, by tile and dtype, between calls.
+thresholds. Winograd rows transform the filters; a caller that passes ``filter_cache`` (a dict
+it keeps for one weight and replaces by a new one when the weight changes, as
+:class:`~cnnkit.layers.Conv2d` does on the weight's version) has them kept there, by tile and
+dtype, between calls.
 """
 
 from __future__ import annotations
@@ -62,20 +63,19 @@ class Algorithm:
     ``filters`` being the caller's ``filter_cache`` or None.
     """
 
-    name: str                        #: what ``algorithm=`` names
-    compiled: bool | None            #: True: Numba kernels; False: their NumPy reference; None: NumPy, always
+    name: str                        # what ``algorithm=`` names
+    compiled: bool | None            # True: Numba kernels; False: their NumPy reference; None: NumPy, always
     forward: Callable
     backward: Callable
-    kernel: tuple[int, int] | None = None   #: the one kernel size it computes (None: any)
-    stride_one: bool = False         #: needs stride 1 on both axes
-    dilation_one: bool = False       #: needs dilation 1 on both axes
-    unpadded: bool = False           #: needs no padding
-    tile: int = 0                    #: Winograd's output tile m (F(m x m, 3x3)); 0: not Winograd
-    automatic: bool = False          #: ``"auto"`` may choose it
-    min_channels: str | None = None  #: name in :mod:`~cnnkit.ops.tuning`: ``"auto"`` needs C and N this large
-    min_tiles: tuple[str, str] | None = None   #: names in tuning: m x m output tiles ``"auto"`` needs
-    #                                            (forward, backward)
-    needs: str = ""                  #: what it supports, for messages
+    kernel: tuple[int, int] | None = None   # the one kernel size it computes (None: any)
+    stride_one: bool = False         # needs stride 1 on both axes
+    dilation_one: bool = False       # needs dilation 1 on both axes
+    unpadded: bool = False           # needs no padding
+    tile: int = 0                    # Winograd's output tile m (F(m x m, 3x3)); 0: not Winograd
+    automatic: bool = False          # ``"auto"`` may choose it ...
+    min_channels: str | None = None  # ... with C and N at least tuning.<min_channels>
+    min_tiles: tuple[str, str] | None = None   # ... and tuning.<min_tiles[backward]> m x m output tiles
+    needs: str = ""                  # what it supports, for messages
 
     def computes(self, geometry: Geometry) -> bool:
         """True when this row computes convolutions of ``geometry`` (compiled or not)."""
@@ -105,11 +105,11 @@ class ConvContext(NamedTuple):
     """What :func:`conv2d_backward` needs from the :func:`conv2d` it follows."""
 
     x: np.ndarray
-    relu_output: np.ndarray | None   #: the output, when a ReLU was fused (its mask)
+    relu_output: np.ndarray | None   # the output, when a ReLU was fused (its mask)
     weight: np.ndarray
     geometry: Geometry
-    algorithm: str                   #: as requested: the backward chooses with its own thresholds
-    filters: dict | None             #: the caller's filter cache
+    algorithm: str                   # as requested: the backward chooses with its own thresholds
+    filters: dict | None             # the caller's filter cache
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
@@ -122,7 +122,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry:
     ``Ho = floor((H + P_before + P_after - D*(Kh - 1) - 1)/S) + 1`` (likewise Wo), ``geometry``
     giving the windows (:func:`cnnkit.arithmetic.windows_2d`). ``algorithm``: ``"auto"`` or a
     name of :data:`ALGORITHM_NAMES` (see :func:`choose_algorithm`). ``filter_cache``: a dict the
-    caller keeps for this weight and empties when the weight changes; Winograd keeps its
+    caller keeps for this weight and replaces when the weight changes; Winograd keeps its
     transformed filters there. ``context`` is what :func:`conv2d_backward` needs.
     """
     relu = activation == "relu"
