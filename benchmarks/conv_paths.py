@@ -2,8 +2,11 @@
 
     python -m benchmarks.conv_paths            # prints a Markdown table of median milliseconds
 
-The thresholds in ``cnnkit/ops/conv.py`` (``WINOGRAD_MIN_TILES``, ``WINOGRAD_MIN_CHANNELS`` and
-the backward rule) come from this table. Run it on a quiet machine.
+The thresholds in ``cnnkit/ops/tuning.py`` (``WINOGRAD_MIN_CHANNELS``, ``FORWARD_F4_MIN_TILES``
+and ``BACKWARD_F4_MIN_TILES``, which the automatic choice of ``cnnkit/ops/conv.py`` reads) come
+from this table. Each path runs through the one entry, ``cnnkit.ops.conv2d`` with its
+``algorithm=`` named, as a layer runs it: compiled when Numba is on (``CNNKIT_JIT=0`` times the
+NumPy references), with the Winograd filters cached. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ import numpy as np
 
 from benchmarks.worker import time_calls
 from cnnkit.arithmetic import windows_2d
-from cnnkit.ops.conv import conv2d, conv2d_backward
-from cnnkit.ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
+from cnnkit.ops import conv2d, conv2d_backward
 
 SHAPES = [  # batch, size, input channels, filters: VGG16 at batch 1 and 8, the small net at 128, the digits net
     *[(b, s, c, n) for b in (1, 8) for s, c, n in [(224, 64, 64), (112, 128, 128), (56, 256, 256), (28, 512, 512),
@@ -35,14 +37,12 @@ def row(batch: int, size: int, cin: int, cout: int) -> str:
     dy = rng.standard_normal((batch, size, size, cout), dtype=np.float32)
     windows = windows_2d((size, size), 3, 1, 1, 1, "conv")
     cells = []
-    for tile in (None, 2, 4):
-        if tile is None:
-            cells.append(median_ms(lambda: conv2d(x, w, None, windows)))
-            cells.append(median_ms(lambda: conv2d_backward(dy, x, w, windows)))
-        else:
-            u = transform_filter(w, tile)
-            cells.append(median_ms(lambda: winograd_conv2d(x, w, None, windows, tile, u)))
-            cells.append(median_ms(lambda: winograd_conv2d_backward(dy, x, w, windows, tile, transformed=u)))
+    for algorithm in ("gemm", "winograd2", "winograd4"):
+        filters = {}   # a layer's cache of transformed filters: filled by the first (warm-up) call
+        _, context = conv2d(x, w, None, windows, algorithm=algorithm, filter_cache=filters)
+        cells.append(median_ms(lambda: conv2d(x, w, None, windows, algorithm=algorithm, filter_cache=filters)))
+        cells.append(median_ms(lambda: conv2d_backward(dy, context)))
+        del context
     tiles = batch * (-(-size // 4)) ** 2
     return f"| {batch} x {size}x{size}x{cin} -> {cout} | {tiles} | " + " | ".join(f"{c:.1f}" for c in cells) + " |"
 

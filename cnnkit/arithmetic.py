@@ -1,8 +1,8 @@
 """The lecture's arithmetic as pure integer functions: no arrays are touched here.
 
 Every layer, the summary and the memory estimates call these functions, so each formula
-lives once. Spatial sizes are per axis; a 2-D window is described by one :class:`Window`
-per axis (height, then width).
+lives once. Spatial sizes are per axis; a 2-D window is a :class:`Geometry`: one
+:class:`Window` per axis (height, then width).
 
 Output size of a convolution or pooling window along one axis (PyTorch and Keras, floor)::
 
@@ -60,6 +60,64 @@ class Window:
         """The span a dilated kernel covers: ``D*(K - 1) + 1``."""
         return self.dilation * (self.kernel - 1) + 1
 
+    def positions(self, padded_size: int) -> int:
+        """Windows along an already padded line of ``padded_size``: ``floor((Hp - D*(K-1) - 1)/S) + 1``."""
+        return (padded_size - self.effective_kernel) // self.stride + 1
+
+    def output_size(self, in_size: int) -> int:
+        """``floor((H + P_before + P_after - D*(K-1) - 1)/S) + 1``, unchecked (see :func:`window_output_size`)."""
+        return self.positions(in_size + self.pad_before + self.pad_after)
+
+
+class Geometry(tuple):
+    """The 2-D window every windowed op takes: one :class:`Window` per axis, ``(height, width)``.
+
+    It unpacks like the pair it is (``wh, ww = geometry``); what the kernels need from it is
+    derived here once, when it is made (a layer makes its own at ``build``), not in each kernel:
+
+    - ``kernel``, ``stride``, ``dilation``: ``(height, width)`` pairs; ``top``, ``left``: the
+      padding before each axis;
+    - ``padded`` (some side is padded), ``stride_one``, ``dilation_one`` (on both axes);
+    - ``kernel_args``: ``(Kh, Kw, Sh, Sw, top, left, Dh, Dw)``, the integers the compiled kernels take.
+
+    Build one with :func:`windows_2d` (from a layer's arguments) or ``Geometry((wh, ww))``.
+    """
+
+    def __new__(cls, windows):
+        height, width = windows
+        self = super().__new__(cls, (height, width))
+        self.kernel = (height.kernel, width.kernel)
+        self.stride = (height.stride, width.stride)
+        self.dilation = (height.dilation, width.dilation)
+        self.top, self.left = height.pad_before, width.pad_before
+        self.padded = any(height.pads + width.pads)
+        self.stride_one = self.stride == (1, 1)
+        self.dilation_one = self.dilation == (1, 1)
+        self.kernel_args = (*self.kernel, *self.stride, self.top, self.left, *self.dilation)
+        return self
+
+    def output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """Output ``(Ho, Wo)`` for an input plane ``(H, W)`` (:meth:`Window.output_size` per axis)."""
+        height, width = self
+        return height.output_size(hw[0]), width.output_size(hw[1])
+
+    def padded_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """``(B, H + P_before + P_after, W + ..., C)`` for an input of shape ``(B, H, W, C)``."""
+        b, h, w, c = shape
+        height, width = self
+        return b, h + height.pad_before + height.pad_after, w + width.pad_before + width.pad_after, c
+
+    def output_tiles(self, hw: tuple[int, int], tile: int) -> tuple[int, int]:
+        """``(rows, columns)`` of ``tile x tile`` output tiles that cover the output of an ``(H, W)`` plane."""
+        out_h, out_w = self.output_hw(hw)
+        return -(-out_h // tile), -(-out_w // tile)
+
+    def tiles_exactly(self, hw: tuple[int, int]) -> bool:
+        """True when the windows cut the ``(H, W)`` plane into disjoint tiles that cover it all."""
+        return all(win.stride == win.kernel and win.pad_before == win.pad_after == 0
+                   and (win.dilation == 1 or win.kernel == 1) and size % win.kernel == 0
+                   for size, win in zip(hw, self))
+
 
 def padding_amounts(padding: PaddingSpec, in_size: int, kernel: int, stride: int, dilation: int,
                     axis: int, layer: str) -> tuple[int, int]:
@@ -87,7 +145,7 @@ def padding_amounts(padding: PaddingSpec, in_size: int, kernel: int, stride: int
 
 
 def windows_2d(in_sizes: tuple[int, int], kernel_size, stride, padding: PaddingSpec, dilation,
-               layer: str) -> tuple[Window, Window]:
+               layer: str) -> Geometry:
     """The (height, width) windows for a layer's ``kernel_size``, ``stride``, ``padding`` and ``dilation``."""
     kernel = as_pair(kernel_size, "kernel_size", layer)
     strides = as_pair(stride, "stride", layer)
@@ -96,8 +154,8 @@ def windows_2d(in_sizes: tuple[int, int], kernel_size, stride, padding: PaddingS
         check_positive(k, "kernel_size", layer, "the window must cover at least one pixel")
         check_positive(s, "stride", layer, "the window must move by at least one pixel")
         check_positive(d, "dilation", layer, "kernel taps must be at least one pixel apart")
-    return tuple(Window(k, s, *padding_amounts(padding, size, k, s, d, axis, layer), d)
-                 for axis, (size, k, s, d) in enumerate(zip(in_sizes, kernel, strides, dilations)))
+    return Geometry(Window(k, s, *padding_amounts(padding, size, k, s, d, axis, layer), d)
+                    for axis, (size, k, s, d) in enumerate(zip(in_sizes, kernel, strides, dilations)))
 
 
 def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_name: str = "H",
@@ -128,7 +186,7 @@ def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_
                           f"window o reads rows o*S - P + t*D for taps t < K, and K={k}, S={s}, "
                           f"P={window.pad_before}, D={d} step over them; change stride, dilation or padding "
                           f"(or build with strict=False to skip them as PyTorch does)")
-    return (padded - span) // s + 1
+    return window.output_size(in_size)
 
 
 def _formula(in_size: int, window: Window, axis_name: str) -> str:

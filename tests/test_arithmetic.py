@@ -1,9 +1,12 @@
 """The lecture's formulas against hand-worked cases, and the text of every impossible configuration."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
-from cnnkit.arithmetic import (ReceptiveField, Window, conv_macs, conv_params, dense_macs, dense_params,
+from cnnkit.arithmetic import (Geometry, ReceptiveField, Window, conv_macs, conv_params, dense_macs, dense_params,
                                batchnorm_params, maxout_params, merged_field, narrowest_field,
                                optimizer_state_count, padding_amounts, prelu_params, unread_rows,
                                window_output_size, windows_2d)
@@ -42,6 +45,35 @@ def test_full_and_valid_padding():
     assert padding_amounts("full", 10, 3, 1, 2, 0, "conv") == (4, 4)
     assert padding_amounts("valid", 10, 3, 1, 1, 0, "conv") == (0, 0)
     assert padding_amounts((1, 2), 10, 3, 1, 1, 1, "conv") == (2, 2)
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, dilation", [
+    ((9, 7), 3, 2, "same", 1), ((10, 12), (5, 1), (2, 3), (2, 0), (2, 1)), ((6, 6), 1, 1, 0, 1), ((8, 8), 2, 2, 0, 1)])
+def test_geometry_derives_once_what_every_kernel_needs(size, kernel, stride, padding, dilation):
+    geometry = windows_2d(size, kernel, stride, padding, dilation, "conv")
+    wh, ww = geometry
+    assert isinstance(geometry, Geometry) and geometry == (wh, ww) and Geometry((wh, ww)) == geometry
+    assert geometry.output_hw(size) == tuple(window_output_size(n, win) for n, win in zip(size, geometry))
+    assert geometry.padded_shape((2, *size, 3)) == (2, size[0] + sum(wh.pads), size[1] + sum(ww.pads), 3)
+    assert geometry.kernel_args == (wh.kernel, ww.kernel, wh.stride, ww.stride, wh.pad_before, ww.pad_before,
+                                    wh.dilation, ww.dilation)
+    assert geometry.padded == any(wh.pads + ww.pads)
+    assert geometry.stride_one == (wh.stride == ww.stride == 1)
+    assert geometry.dilation_one == (wh.dilation == ww.dilation == 1)
+    ho, wo = geometry.output_hw(size)
+    assert geometry.output_tiles(size, 4) == (-(-ho // 4), -(-wo // 4))
+    # the windows tile the plane exactly: disjoint and covering every pixel once
+    def read(o, win, n):   # the input rows (or columns) that window o reads
+        return [r for r in (o * win.stride - win.pad_before + t * win.dilation for t in range(win.kernel)) if 0 <= r < n]
+
+    covered = np.zeros(size, int)
+    for i in range(ho):
+        for j in range(wo):
+            covered[np.ix_(read(i, wh, size[0]), read(j, ww, size[1]))] += 1
+    assert geometry.tiles_exactly(size) == (not geometry.padded and bool(np.all(covered == 1)))
+    restored = pickle.loads(pickle.dumps(geometry))
+    assert restored == geometry and restored.kernel_args == geometry.kernel_args
+    assert copy.deepcopy(geometry).output_hw(size) == (ho, wo)
 
 
 def test_unread_rows_counts_input_rows_no_window_reads():

@@ -9,15 +9,9 @@ from ..arithmetic import (CallMemory, as_pair, check_positive, conv_macs, conv_p
 from ..errors import ConfigError
 from ..init import initial_weight
 from ..ops import jit
-from ..ops.conv import ALGORITHMS, choose_algorithm, conv2d, conv2d_backward
-from ..ops.winograd import supports as winograd_supports
-from ..ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
+from ..ops.conv import ACTIVATIONS, ALGORITHM_NAMES, conv2d, conv2d_backward, unmet_needs
 from ..parameter import Parameter
 from .base import Layer
-
-WINOGRAD_TILES = {"winograd2": 2, "winograd4": 4}
-#: Activations a convolution can fuse (``None``: none).
-ACTIVATIONS = (None, "relu")
 
 
 class Conv2d(Layer):
@@ -39,9 +33,9 @@ class Conv2d(Layer):
             convolution's output has no other reader (:mod:`cnnkit.executor`).
         algorithm: ``"auto"`` picks by shape, per call: Winograd F(4x4, 3x3) for 3x3 stride-1
             convolutions with enough channels and tiles, otherwise one matrix product over the
-            windowed view (``"gemm"``); ``"winograd2"``/``"winograd4"`` force F(2x2)/F(4x4).
-            Winograd-transformed filters are cached and recomputed when the weight's
-            ``Parameter.version`` changes.
+            windowed view (``"gemm"``); ``"winograd2"``/``"winograd4"`` force F(2x2)/F(4x4)
+            (the table of :mod:`cnnkit.ops.conv`). Winograd-transformed filters are cached and
+            recomputed when the weight's ``Parameter.version`` changes.
 
     Input ``(B, H, W, C)``, output ``(B, H2, W2, N)`` with
     ``H2 = floor((H + 2P - D*(K-1) - 1)/S) + 1``, the lecture's ``(H - K + 2P)/S + 1`` for D = 1.
@@ -60,6 +54,7 @@ class Conv2d(Layer):
         # a fused ReLU keeps its output for the backward mask: the next layer must not overwrite it
         self.fresh_output = activation is None
         self.algorithm = algorithm
+        self._filter_key = None
         self._filter_cache: dict = {}
         self.filters = filters
         self.kernel_size = kernel_size
@@ -79,7 +74,7 @@ class Conv2d(Layer):
         out = tuple(window_output_size(size, win, self.label, axis, self.strict)
                     for size, win, axis in zip((h, w), self._windows, "HW"))
         kh, kw = self.kernel
-        self._check_algorithm((kh, kw))
+        self._check_algorithm()
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"{self.label}: activation must be one of {ACTIVATIONS}; received "
                               f"activation={self.activation!r}; put other activations in a layer of their own")
@@ -92,13 +87,14 @@ class Conv2d(Layer):
             self._params["bias"] = Parameter(np.zeros(self.filters, np.float32))
         return (*out, self.filters)
 
-    def _check_algorithm(self, kernel: tuple[int, int]) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"{self.label}: algorithm must be one of {ALGORITHMS}; "
+    def _check_algorithm(self) -> None:
+        if self.algorithm not in ALGORITHM_NAMES:
+            raise ConfigError(f"{self.label}: algorithm must be one of {ALGORITHM_NAMES}; "
                               f"received algorithm={self.algorithm!r}")
-        if self.algorithm.startswith("winograd") and not winograd_supports((*kernel, 1, 1), self._windows):
-            raise ConfigError(f"{self.label}: algorithm={self.algorithm!r} needs a 3x3 kernel with stride 1 and "
-                              f"dilation 1; received kernel_size={self.kernel_size!r}, stride={self.stride!r}, "
+        needs = unmet_needs(self.algorithm, self._windows)
+        if needs:
+            raise ConfigError(f"{self.label}: algorithm={self.algorithm!r} needs {needs}; received "
+                              f"kernel_size={self.kernel_size!r}, stride={self.stride!r}, "
                               f"dilation={self.dilation!r}; use algorithm='auto' or 'gemm'")
 
     @property
@@ -142,43 +138,26 @@ class Conv2d(Layer):
     def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
         """``(B, H, W, C) -> (B, H2, W2, N)``; the context keeps the input (and a ReLU's output, its mask)."""
         self._refuse_activation(activation)
-        relu = self.activation == "relu" or activation == "relu"
         x = self.check_input(x)
-        weight = self._params["weight"]
         bias = self._params["bias"].value if self.use_bias else None
-        algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm)
-        if algorithm == "gemm":
-            y = conv2d(x, weight.value, bias, self._windows, relu=relu)
-        else:
-            tile = WINOGRAD_TILES[algorithm]
-            y = winograd_conv2d(x, weight.value, bias, self._windows, tile, self._transformed_filter(tile, x.dtype),
-                                relu=relu)
-        return y, ((x, y if relu else None) if training else None)
+        y, context = conv2d(x, self._params["weight"].value, bias, self._windows, self.activation or activation,
+                            self.algorithm, self._filters(x.dtype))
+        return y, (context if training else None)
 
-    def _transformed_filter(self, tile: int, dtype) -> np.ndarray:
-        """Winograd-transformed filters, recomputed only when the weight changed (its version)."""
+    def _filters(self, dtype) -> dict:
+        """The cache of the weight's transformed filters that :func:`cnnkit.ops.conv2d` fills: a new
+        one whenever the weight changed (its version, or its array) or the dtype computed in did."""
         weight = self._params["weight"]
-        key = (weight.version, id(weight.value), np.dtype(dtype))
-        if self._filter_cache.get("key") != key:
-            self._filter_cache = {"key": key}
-        if tile not in self._filter_cache:
-            self._filter_cache[tile] = transform_filter(weight.value.astype(dtype, copy=False), tile)
-        return self._filter_cache[tile]
+        key = (weight.version, id(weight.value), dtype)
+        if self._filter_key != key:
+            self._filter_key, self._filter_cache = key, {}
+        return self._filter_cache
 
     def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
         """Add ``dweight`` (and ``dbias``) into trainable parameters; return ``dx`` (None when not needed)."""
-        x, relu_output = context
-        self.check_grad(dy, (x.shape[0], *self.output_shape))
+        self.check_grad(dy, (context.x.shape[0], *self.output_shape))
         weight = self._params["weight"]
-        algorithm = choose_algorithm(x.shape, weight.shape, self._windows, self.algorithm, backward=True)
-        if algorithm == "gemm":
-            dx, dweight, dbias = conv2d_backward(dy, x, weight.value, self._windows, need_input_grad,
-                                                 need_weight_grad=weight.trainable, relu_output=relu_output)
-        else:
-            dx, dweight, dbias = winograd_conv2d_backward(
-                dy, x, weight.value, self._windows, WINOGRAD_TILES[algorithm], need_input_grad,
-                need_weight_grad=weight.trainable,
-                transformed=self._transformed_filter(WINOGRAD_TILES[algorithm], x.dtype), relu_output=relu_output)
+        dx, dweight, dbias = conv2d_backward(dy, context, need_input_grad, need_weight_grad=weight.trainable)
         if weight.trainable:
             weight.accumulate(dweight, fresh=True)
         if self.use_bias and self._params["bias"].trainable:

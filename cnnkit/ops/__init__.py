@@ -1,11 +1,16 @@
 """Stateless kernels on arrays: each forward beside the backward that matches it.
 
+One entry per op: a convolution is :func:`conv2d` / :func:`conv2d_backward`, whatever algorithm
+computes it (the table :data:`ALGORITHMS` of :mod:`cnnkit.ops.conv`); windows are a
+:class:`cnnkit.arithmetic.Geometry`; measured constants live in :mod:`cnnkit.ops.tuning` and the
+cutting of work into parts in :mod:`cnnkit.ops.parts`.
+
 The process settings they run under (threads, BLAS, malloc) are :mod:`cnnkit.ops.runtime`'s.
 """
 
 from .activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward, relu,
                          relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
-from .conv import choose_algorithm, conv2d, conv2d_backward
+from .conv import ALGORITHMS, ConvContext, choose_algorithm, conv2d, conv2d_backward
 from .linear import linear, linear_backward
 from .loss import log_softmax, softmax, softmax_backward, softmax_cross_entropy
 from .norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
@@ -14,12 +19,11 @@ from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_av
                    global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
 from .reduce import sum_rows
 from .window import pad, tap_slices, unpad, window_add, windowed_view
-from .winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
 
 __all__ = [
     "leaky_relu", "leaky_relu_backward", "maxout", "maxout_backward", "prelu", "prelu_backward", "relu",
     "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
-    "choose_algorithm", "conv2d", "conv2d_backward",
+    "ALGORITHMS", "ConvContext", "choose_algorithm", "conv2d", "conv2d_backward",
     "linear", "linear_backward",
     "log_softmax", "softmax", "softmax_backward", "softmax_cross_entropy",
     "batch_norm_fixed", "batch_norm_frozen", "batch_norm_frozen_backward", "batch_norm_train",
@@ -28,5 +32,4 @@ __all__ = [
     "global_max_pool2d_backward", "max_pool2d", "max_pool2d_backward",
     "sum_rows",
     "pad", "tap_slices", "unpad", "window_add", "windowed_view",
-    "transform_filter", "winograd_conv2d", "winograd_conv2d_backward",
 ]

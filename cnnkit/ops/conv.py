@@ -1,184 +1,246 @@
-"""2-D convolution (cross-correlation, as in every framework) as one matrix product.
+"""2-D convolution: the one entry, :func:`conv2d` and :func:`conv2d_backward`, and the one table
+of algorithms behind it.
 
-Channels-last makes each window of the padded input a row of ``Kh*Kw*C`` numbers in the
-same order as the weight ``(Kh, Kw, C, N)`` reshaped to ``(Kh*Kw*C, N)``, so::
+Every convolution goes through here, and the way it is computed is decided here only, once per
+call: :func:`choose_algorithm` takes the first row of :data:`ALGORITHMS` that computes the call
+(the requested name, or for ``"auto"`` the first row whose measured thresholds it meets).
 
-    y[b, i, j, :] = cols[b*Ho*Wo + i*Wo + j, :] @ weight.reshape(Kh*Kw*C, N) + bias
+============  =========  ====================================  ======================================
+name          compiled   supports                              chosen by ``"auto"``
+============  =========  ====================================  ======================================
+winograd4     yes / no   3x3, stride 1, dilation 1, any pad    C, N >= WINOGRAD_MIN_CHANNELS and the
+                                                               batch has FORWARD_F4_MIN_TILES (backward
+                                                               BACKWARD_F4_MIN_TILES) 4x4 output tiles
+gemm          either     1x1, stride 1, unpadded (one          always (the fallback)
+                         product over the pixels)
+gemm          yes / no   any window                            always (the fallback)
+winograd2     no         3x3, stride 1, dilation 1, any pad    never: only when requested
+============  =========  ====================================  ======================================
 
-with ``cols`` the windowed view of the padded input flattened to ``(B*Ho*Wo, Kh*Kw*C)``
-(im2col). The flattening copies, so it is done a few images at a time into one reused
-buffer. Backward is the same product transposed: ``dweight = cols^T @ dy``,
-``dbias = sum(dy)``, and ``dcols = dy @ weight^T`` scattered back with :func:`window_add`.
+"Compiled" rows run Numba kernels (:mod:`cnnkit.ops.jit`) and are used when
+:func:`~cnnkit.ops.jit.enabled`; their NumPy references are the rows of the same name marked
+``compiled=False``, used otherwise; ``compiled=None`` rows run either way. The thresholds live,
+with the measurements behind them, in :mod:`cnnkit.ops.tuning`. The kernels behind the rows:
+:mod:`~cnnkit.ops.gemm` (NumPy) and :mod:`~cnnkit.ops.gemm_fast` (compiled im2col),
+:mod:`~cnnkit.ops.winograd` (NumPy, F(2x2) and F(4x4)) and :mod:`~cnnkit.ops.winograd_fast`
+(compiled F(4x4)).
 
-When :func:`cnnkit.ops.jit.enabled` the compiled path :mod:`cnnkit.ops.conv_fast` runs
-instead; ``compiled=False`` forces this module's NumPy reference.
+The forward returns a :class:`ConvContext` beside its output: what the backward needs, so one
+layer can run at several places of a graph. The backward chooses again, with the backward's
+thresholds. Winograd rows transform the filters; a caller that passes ``filter_cache`` (a dict
+it keeps for one weight and replaces by a new one when the weight changes, as
+:class:`~cnnkit.layers.Conv2d` does on the weight's version) has them kept there, by tile and
+dtype, between calls.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
 import numpy as np
 
-from . import conv_fast, jit, winograd
-from .activation import relu as relu_op
-from .activation import relu_backward
-from .products import matmul
-from .reduce import sum_rows
-from .window import Windows, has_padding, pad, padded_shape, unpad, window_add, windowed_view
+from ..arithmetic import Geometry
+from ..errors import ConfigError, ShapeError
+from . import jit, tuning
+from .gemm import gemm_conv2d, gemm_conv2d_backward, pointwise_conv2d, pointwise_conv2d_backward
+from .gemm_fast import compiled_gemm_conv2d, compiled_gemm_conv2d_backward
+from .winograd import filter_gradient, transform_filter, winograd_conv2d, winograd_conv2d_backward
+from .winograd_fast import compiled_winograd_conv2d, compiled_winograd_conv2d_backward
 
-#: Numbers in one im2col buffer (64 MB of float32); always at least one image.
-CHUNK_ELEMENTS = 1 << 24
-ALGORITHMS = ("auto", "gemm", "winograd2", "winograd4")
-#: Winograd pays when its per-position products are large enough. Measured with
-#: ``python -m benchmarks.conv_paths`` (2 cores): with its transformed filters cached, F(4x4)
-#: forward wins from about 32 output tiles and F(2x2) below; but the cache costs 4x (F(2x2):
-#: 1.8x) the layer's weights in memory, so with fewer than 64 tiles (VGG16's conv4 and conv5
-#: at batch 1) the GEMM path runs instead, keeping VGG16's inference peak near weights plus
-#: activations. The backward, which also forms ``(m+2)^2`` weight-gradient products, wins from
-#: about 128 tiles.
-WINOGRAD_MIN_CHANNELS = 16
-FORWARD_F4_MIN_TILES = 64
-BACKWARD_F4_MIN_TILES = 128
+#: What ``algorithm=`` may name.
+ALGORITHM_NAMES = ("auto", "gemm", "winograd2", "winograd4")
+#: Activations the convolution applies as it writes its output (``None``: none).
+ACTIVATIONS = (None, "relu")
 
 
-def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], windows: Windows,
-                     requested: str = "auto", backward: bool = False) -> str:
-    """The convolution path for these shapes: ``winograd4`` (F(4x4, 3x3)) for 3x3 stride-1
-    convolutions with at least 16 channels and enough 4x4 output tiles in the batch, otherwise
-    ``gemm`` (windowed view + one matrix product). ``winograd2`` runs only when requested.
+@dataclass(frozen=True)
+class Algorithm:
+    """One row of :data:`ALGORITHMS`: a way to compute a convolution and what it supports.
 
-    A requested algorithm other than ``auto`` is returned as is (the layer has validated it).
+    ``forward(x, weight, bias, geometry, relu, filters) -> y`` and ``backward(dy, x, weight,
+    geometry, need_input_grad, need_weight_grad, relu_output, filters) -> (dx, dweight, dbias)``,
+    ``filters`` being the caller's ``filter_cache`` or None.
     """
-    if requested != "auto":
-        return requested
-    if not winograd.supports(weight_shape, windows) or min(weight_shape[2:]) < WINOGRAD_MIN_CHANNELS:
-        return "gemm"
-    out_h, out_w = (size + win.pad_before + win.pad_after - 2 for size, win in zip(x_shape[1:3], windows))
-    tiles = x_shape[0] * -(-out_h // 4) * -(-out_w // 4)
-    return "winograd4" if tiles >= (BACKWARD_F4_MIN_TILES if backward else FORWARD_F4_MIN_TILES) else "gemm"
+
+    name: str                        # what ``algorithm=`` names
+    compiled: bool | None            # True: Numba kernels; False: their NumPy reference; None: NumPy, always
+    forward: Callable
+    backward: Callable
+    kernel: tuple[int, int] | None = None   # the one kernel size it computes (None: any)
+    stride_one: bool = False         # needs stride 1 on both axes
+    dilation_one: bool = False       # needs dilation 1 on both axes
+    unpadded: bool = False           # needs no padding
+    tile: int = 0                    # Winograd's output tile m (F(m x m, 3x3)); 0: not Winograd
+    automatic: bool = False          # ``"auto"`` may choose it ...
+    min_channels: str | None = None  # ... with C and N at least tuning.<min_channels>
+    min_tiles: tuple[str, str] | None = None   # ... and tuning.<min_tiles[backward]> m x m output tiles
+    needs: str = ""                  # what it supports, for messages
+
+    def computes(self, geometry: Geometry) -> bool:
+        """True when this row computes convolutions of ``geometry`` (compiled or not)."""
+        return ((self.kernel is None or geometry.kernel == self.kernel)
+                and (geometry.stride_one or not self.stride_one)
+                and (geometry.dilation_one or not self.dilation_one)
+                and not (self.unpadded and geometry.padded))
+
+    def runs(self, geometry: Geometry, compiled: bool) -> bool:
+        """True when this row computes ``geometry`` and runs now (``compiled``: kernels are enabled)."""
+        return (self.compiled is None or self.compiled == compiled) and self.computes(geometry)
+
+    def pays(self, x_shape: tuple[int, ...], weight_shape: tuple[int, ...], geometry: Geometry,
+             backward: bool) -> bool:
+        """True when ``"auto"`` takes this row for these shapes (the measured thresholds)."""
+        if not self.automatic:
+            return False
+        if self.min_tiles is None:
+            return True
+        if min(weight_shape[2:]) < getattr(tuning, self.min_channels):
+            return False
+        rows, columns = geometry.output_tiles(x_shape[1:3], self.tile)
+        return x_shape[0] * rows * columns >= getattr(tuning, self.min_tiles[backward])
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
-           compiled: bool = True, relu: bool = False) -> np.ndarray:
-    """Convolve ``x`` (B, H, W, C) with ``weight`` (Kh, Kw, C, N) and add ``bias`` (N,) or None;
-    then apply ReLU when ``relu`` (the compiled path does it block by block, in cache).
+class ConvContext(NamedTuple):
+    """What :func:`conv2d_backward` needs from the :func:`conv2d` it follows."""
 
-    Returns ``(B, Ho, Wo, N)`` in the dtype of ``x`` with
-    ``Ho = floor((H + P_before + P_after - D*(Kh - 1) - 1)/S) + 1`` (likewise Wo).
+    x: np.ndarray
+    relu_output: np.ndarray | None   # the output, when a ReLU was fused (its mask)
+    weight: np.ndarray
+    geometry: Geometry
+    algorithm: str                   # as requested: the backward chooses with its own thresholds
+    filters: dict | None             # the caller's filter cache
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
+           activation: str | None = None, algorithm: str = "auto", filter_cache: dict | None = None
+           ) -> tuple[np.ndarray, ConvContext]:
+    """Convolve ``x`` (B, H, W, C) with ``weight`` (Kh, Kw, C, N), add ``bias`` (N,) or None, and
+    apply ``activation`` (None or ``"relu"``) as the output is written; return ``(y, context)``.
+
+    ``y`` is ``(B, Ho, Wo, N)`` in the dtype of ``x`` (weights are used in it) with
+    ``Ho = floor((H + P_before + P_after - D*(Kh - 1) - 1)/S) + 1`` (likewise Wo), ``geometry``
+    giving the windows (:func:`cnnkit.arithmetic.windows_2d`). ``algorithm``: ``"auto"`` or a
+    name of :data:`ALGORITHM_NAMES` (see :func:`choose_algorithm`). ``filter_cache``: a dict the
+    caller keeps for this weight and replaces when the weight changes; Winograd keeps its
+    transformed filters there. ``context`` is what :func:`conv2d_backward` needs.
     """
-    weight = _match_dtype(weight, x)
-    kh, kw, c, n = weight.shape
-    if _is_pointwise(weight, windows):
-        # a 1x1 stride-1 convolution is already a matrix product: no window copy
-        y = matmul(x.reshape(-1, c), weight.reshape(c, n)).reshape(*x.shape[:3], n)
-    elif compiled and jit.enabled():
-        return conv_fast.conv2d(x, weight, None if bias is None else _match_dtype(bias, x), windows, relu)
-    else:
-        view = windowed_view(pad(x, windows), windows)
-        b, ho, wo = view.shape[:3]
-        y = np.empty((b, ho, wo, n), dtype=x.dtype)
-        y2 = y.reshape(-1, n)
-        w2 = weight.reshape(kh * kw * c, n)
-        for rows, cols in _im2col_chunks(view):
-            np.matmul(cols, w2, out=y2[rows])
-    if bias is not None:
-        y += _match_dtype(bias, x)
-    return relu_op(y, out=y) if relu else y
+    relu = activation == "relu"
+    if not relu and activation is not None:
+        raise ConfigError(f"conv2d: activation must be one of {ACTIVATIONS}; received activation={activation!r}")
+    if weight.shape[:2] != geometry.kernel:
+        raise ShapeError(f"conv2d: the weight's kernel {weight.shape[:2]} differs from the geometry's "
+                         f"{geometry.kernel}; build the geometry with the weight's kernel size")
+    row = choose_algorithm(x.shape, weight.shape, geometry, algorithm)
+    y = row.forward(x, weight, bias, geometry, relu, filter_cache)
+    return y, ConvContext(x, y if relu else None, weight, geometry, algorithm, filter_cache)
 
 
-def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows,
-                    need_input_grad: bool = True, need_weight_grad: bool = True, compiled: bool = True,
-                    relu_output: np.ndarray | None = None
-                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d` given ``dy`` (B, Ho, Wo, N).
+def conv2d_backward(dy: np.ndarray, context: ConvContext, need_input_grad: bool = True,
+                    need_weight_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Gradients ``(dx, dweight, dbias)`` of the :func:`conv2d` that returned ``context``, given
+    ``dy`` (B, Ho, Wo, N), in the dtype of its input.
 
     ``dx`` is None when ``need_input_grad`` is False (a first layer), ``dweight`` is None when
-    ``need_weight_grad`` is False (a frozen layer), which skips a third of the work each.
-    ``relu_output`` is the output of a fused ReLU (``conv2d(..., relu=True)``): ``dy`` then
-    counts only where it is positive.
+    ``need_weight_grad`` is False (a frozen layer), which skips a third of the work each. With
+    a fused ReLU, ``dy`` counts only where the output is positive.
     """
-    weight = _match_dtype(weight, x)
-    kh, kw, c, n = weight.shape
-    dy2 = _match_dtype(dy, x).reshape(-1, n)
-    pointwise = _is_pointwise(weight, windows)
-    mask = None if relu_output is None else relu_output.reshape(-1, n)
-    if compiled and jit.enabled() and not pointwise:
-        return conv_fast.conv2d_backward(dy2, x, weight, windows, need_input_grad, need_weight_grad, mask)
-    if mask is not None:
-        dy2 = relu_backward(dy2, mask)
-    dbias = sum_rows(dy2)
-    w2 = weight.reshape(kh * kw * c, n)
-    if pointwise:
-        x2 = x.reshape(-1, c)
-        dweight = matmul(x2.T, dy2).reshape(weight.shape) if need_weight_grad else None
-        dx = matmul(dy2, w2.T).reshape(x.shape) if need_input_grad else None
-        return dx, dweight, dbias
-    view = windowed_view(pad(x, windows), windows)
-    dweight = np.zeros_like(w2) if need_weight_grad else None
-    dxp = np.zeros(padded_shape(x.shape, windows), dtype=x.dtype) if need_input_grad else None
-    if need_weight_grad or need_input_grad:
-        _backward_chunks(dy2, view, w2, dweight, dxp, windows)
-    dx = unpad(dxp, windows) if need_input_grad else None
-    return dx, (dweight.reshape(weight.shape) if need_weight_grad else None), dbias
+    x, relu_output, weight, geometry, algorithm, filters = context
+    row = choose_algorithm(x.shape, weight.shape, geometry, algorithm, backward=True)
+    return row.backward(dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output, filters)
 
 
-def _backward_chunks(dy2, view, w2, dweight, dxp, windows) -> None:
-    """Accumulate ``dweight`` and scatter ``dxp`` a few images at a time (either may be None)."""
-    per_image = int(np.prod(view.shape[1:3]))
-    chunks = _im2col_chunks(view) if dweight is not None else _row_chunks(view)
-    dcols_buffer = None
-    partial = np.empty_like(dweight) if dweight is not None else None
-    for rows, cols in chunks:
-        dy_chunk = dy2[rows]
-        if dweight is not None:
-            np.matmul(cols.T, dy_chunk, out=partial)
-            dweight += partial
-        if dxp is not None:
-            if dcols_buffer is None:
-                dcols_buffer = np.empty((dy_chunk.shape[0], w2.shape[0]), dtype=dxp.dtype)
-            dcols = dcols_buffer[:dy_chunk.shape[0]]
-            np.matmul(dy_chunk, w2.T, out=dcols)
-            images = slice(rows.start // per_image, rows.stop // per_image)
-            window_add(dxp[images], dcols.reshape(-1, *view.shape[1:]), windows)
+def choose_algorithm(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], geometry: Geometry,
+                     requested: str = "auto", backward: bool = False) -> Algorithm:
+    """The row of :data:`ALGORITHMS` that computes this call.
 
-
-def _im2col_chunks(view: np.ndarray):
-    """Yield ``(rows, cols)``: consecutive output rows and their windows as a 2-D copy.
-
-    ``cols`` is a reused buffer, valid until the next iteration.
+    ``"auto"``: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with enough channels and
+    enough 4x4 output tiles in the batch (the thresholds of :mod:`~cnnkit.ops.tuning`, the
+    backward's higher), otherwise GEMM (one matrix product over the windowed view, or over the
+    pixels for a 1x1 stride-1 unpadded kernel). A name takes its row as is; ``winograd2``
+    runs only when requested. Compiled rows run when :func:`cnnkit.ops.jit.enabled`.
     """
-    per_row = int(np.prod(view.shape[3:]))
-    buffer = None
-    for rows, images in _chunk_ranges(view):
-        count = rows.stop - rows.start
-        if buffer is None:
-            buffer = np.empty((count, per_row), dtype=view.dtype)
-        cols = buffer[:count]
-        np.copyto(cols.reshape(images.stop - images.start, *view.shape[1:]), view[images])
-        yield rows, cols
+    rows = _CANDIDATES.get(requested)
+    if rows is None:
+        raise ConfigError(f"conv2d: algorithm must be one of {ALGORITHM_NAMES}; received algorithm={requested!r}")
+    compiled = jit.enabled()
+    automatic = requested == "auto"
+    for row in rows:
+        if row.runs(geometry, compiled) and (not automatic or row.pays(x_shape, weight_shape, geometry, backward)):
+            return row
+    raise ConfigError(f"conv2d: algorithm={requested!r} needs {rows[0].needs}; received kernel {geometry.kernel}, "
+                      f"stride {geometry.stride}, dilation {geometry.dilation}; use algorithm='auto' or 'gemm'")
 
 
-def _row_chunks(view: np.ndarray):
-    """The row ranges of :func:`_im2col_chunks` without building the columns."""
-    for rows, _ in _chunk_ranges(view):
-        yield rows, None
+def unmet_needs(algorithm: str, geometry: Geometry) -> str | None:
+    """None when ``algorithm`` (a name of :data:`ALGORITHM_NAMES`) computes ``geometry``, else
+    what it needs (for a layer's message at build time)."""
+    rows = _CANDIDATES[algorithm]
+    return None if any(row.computes(geometry) for row in rows) else rows[0].needs
 
 
-def _chunk_ranges(view: np.ndarray):
-    """Split the batch so that one chunk's columns hold about :data:`CHUNK_ELEMENTS` numbers."""
-    batch = view.shape[0]
-    per_image = int(np.prod(view.shape[1:3]))
-    images_per_chunk = max(1, CHUNK_ELEMENTS // max(1, view[0].size))
-    for start in range(0, batch, images_per_chunk):
-        stop = min(batch, start + images_per_chunk)
-        yield slice(start * per_image, stop * per_image), slice(start, stop)
+# ----------------------------------------------------------------- the rows' calls
+
+def _without_filters(forward, backward) -> tuple[Callable, Callable]:
+    """A row's ``(forward, backward)`` from kernels that keep no transformed filters."""
+    return (lambda x, weight, bias, geometry, relu, filters: forward(x, weight, bias, geometry, relu),
+            lambda dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output, filters:
+            backward(dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output))
 
 
-def _is_pointwise(weight: np.ndarray, windows: Windows) -> bool:
-    """A 1x1 kernel with stride 1 and no padding reads each pixel exactly once, in place."""
-    return (weight.shape[:2] == (1, 1) and not has_padding(windows)
-            and all(win.stride == 1 for win in windows))
+def _transformed(weight: np.ndarray, dtype, tile: int, filters: dict | None) -> np.ndarray:
+    """Winograd's ``U = G g G^T`` of ``weight`` in ``dtype``, from ``filters`` when it holds them
+    (it keeps them when given)."""
+    if filters is None:
+        return transform_filter(weight.astype(dtype, copy=False), tile)
+    key = (tile, dtype)
+    u = filters.get(key)
+    if u is None:
+        u = filters[key] = transform_filter(weight.astype(dtype, copy=False), tile)
+    return u
 
 
-def _match_dtype(array: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """``array`` in the dtype of ``like`` (no copy when it already is): outputs follow the input."""
-    return array.astype(like.dtype, copy=False)
+def _winograd(tile: int) -> tuple[Callable, Callable]:
+    """``(forward, backward)`` of the NumPy Winograd F(tile x tile, 3x3)."""
+    def forward(x, weight, bias, geometry, relu, filters):
+        return winograd_conv2d(x, weight, bias, geometry, tile, _transformed(weight, x.dtype, tile, filters), relu)
+
+    def backward(dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output, filters):
+        return winograd_conv2d_backward(dy, x, weight, geometry, tile, need_input_grad, need_weight_grad,
+                                        _transformed(weight, x.dtype, tile, filters), relu_output)
+    return forward, backward
+
+
+def _compiled_winograd4_forward(x, weight, bias, geometry, relu, filters):
+    return compiled_winograd_conv2d(x, _transformed(weight, x.dtype, 4, filters), bias, geometry, relu)
+
+
+def _compiled_winograd4_backward(dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output, filters):
+    dx, du, dbias = compiled_winograd_conv2d_backward(dy, x, _transformed(weight, x.dtype, 4, filters), geometry,
+                                                      need_input_grad, need_weight_grad, relu_output)
+    return dx, filter_gradient(du, 4, weight), dbias
+
+
+# ----------------------------------------------------------------- the table
+
+_WINOGRAD = dict(kernel=(3, 3), stride_one=True, dilation_one=True, needs="a 3x3 kernel with stride 1 and dilation 1")
+_F4_AUTOMATIC = dict(automatic=True, min_channels="WINOGRAD_MIN_CHANNELS",
+                     min_tiles=("FORWARD_F4_MIN_TILES", "BACKWARD_F4_MIN_TILES"))
+
+#: Every way cnnkit computes a convolution, in the order ``"auto"`` considers them.
+ALGORITHMS: tuple[Algorithm, ...] = (
+    Algorithm("winograd4", True, _compiled_winograd4_forward, _compiled_winograd4_backward, tile=4,
+              **_WINOGRAD, **_F4_AUTOMATIC),
+    Algorithm("winograd4", False, *_winograd(4), tile=4, **_WINOGRAD, **_F4_AUTOMATIC),
+    Algorithm("gemm", None, *_without_filters(pointwise_conv2d, pointwise_conv2d_backward), kernel=(1, 1),
+              stride_one=True, unpadded=True, automatic=True, needs="a 1x1 kernel with stride 1 and no padding"),
+    Algorithm("gemm", True, *_without_filters(compiled_gemm_conv2d, compiled_gemm_conv2d_backward), automatic=True,
+              needs="any window"),
+    Algorithm("gemm", False, *_without_filters(gemm_conv2d, gemm_conv2d_backward), automatic=True,
+              needs="any window"),
+    Algorithm("winograd2", None, *_winograd(2), tile=2, **_WINOGRAD),
+)
+
+# the rows each request considers, in table order
+_CANDIDATES = {name: tuple(row for row in ALGORITHMS if row.name == name) for name in ALGORITHM_NAMES[1:]}
+_CANDIDATES["auto"] = tuple(row for row in ALGORITHMS if row.automatic)

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import functools
 
+from . import tuning
 from .jit import inline, kernel
-
-#: Windows of at most this many numbers (``Kh*Kw*C``) get a kernel compiled for their size.
-MAX_UNROLLED_WINDOW = 64
 
 
 @inline
@@ -60,8 +58,8 @@ def im2col(x, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, first_row, cols):
 
 def im2col_for(kh: int, kw: int, c: int):
     """:func:`im2col`, compiled for ``kh x kw`` windows of ``c`` channels when that window is
-    small (at most :data:`MAX_UNROLLED_WINDOW` numbers); the same arguments either way."""
-    if kh * kw * c > MAX_UNROLLED_WINDOW:
+    small (at most :data:`~cnnkit.ops.tuning.MAX_UNROLLED_WINDOW` numbers); the same arguments either way."""
+    if kh * kw * c > tuning.MAX_UNROLLED_WINDOW:
         return im2col
     return _unrolled_im2col(kh, kw, c)
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arithmetic import Geometry
 from . import jit, pool_kernels
-from .threads import num_threads, run_parallel
-from .window import Windows, has_padding, output_hw, pad, padded_shape, tap_slices, unpad, window_add, windowed_view
+from .parts import in_ranges, part_count
+from .window import pad, tap_slices, unpad, window_add, windowed_view
 
 
-def max_pool2d(x: np.ndarray, windows: Windows, with_indices: bool = True, compiled: bool = True
+def max_pool2d(x: np.ndarray, geometry: Geometry, with_indices: bool = True, compiled: bool = True
                ) -> tuple[np.ndarray, np.ndarray | None]:
     """Max over each window of ``x`` (B, H, W, C); padding counts as minus infinity.
 
@@ -32,44 +33,44 @@ def max_pool2d(x: np.ndarray, windows: Windows, with_indices: bool = True, compi
     when ``with_indices`` is False (inference).
     """
     if compiled and jit.enabled():
-        return _compiled_max_pool(x, windows, with_indices)
-    return _max_taps(_taps(x, windows, -np.inf), with_indices)
+        return _compiled_max_pool(x, geometry, with_indices)
+    return _max_taps(_taps(x, geometry, -np.inf), with_indices)
 
 
-def max_pool2d_backward(dy: np.ndarray, winners: np.ndarray, windows: Windows,
+def max_pool2d_backward(dy: np.ndarray, winners: np.ndarray, geometry: Geometry,
                         input_shape: tuple[int, int, int, int], compiled: bool = True) -> np.ndarray:
     """Route each output gradient to the input pixel that won its window (``winners`` from
     :func:`max_pool2d`)."""
     if compiled and jit.enabled():
-        return _compiled_max_pool_backward(dy, winners, windows, input_shape)
-    if _tiles(input_shape, windows):
-        return _max_backward_tiled(dy, winners, windows, input_shape)
-    return _max_backward_general(dy, winners, windows, input_shape)
+        return _compiled_max_pool_backward(dy, winners, geometry, input_shape)
+    if _tiles(input_shape, geometry):
+        return _max_backward_tiled(dy, winners, geometry, input_shape)
+    return _max_backward_general(dy, winners, geometry, input_shape)
 
 
-def avg_pool2d(x: np.ndarray, windows: Windows, count_include_pad: bool = False) -> np.ndarray:
+def avg_pool2d(x: np.ndarray, geometry: Geometry, count_include_pad: bool = False) -> np.ndarray:
     """Mean over each window of ``x`` (B, H, W, C).
 
     The divisor is the number of real (unpadded) pixels in the window, or always Kh*Kw with
     ``count_include_pad=True``; the two agree when there is no padding.
     """
     total = None
-    for tap in _taps(x, windows, 0.0):
+    for tap in _taps(x, geometry, 0.0):
         if total is None:
             total = tap.copy()
         else:
             np.add(total, tap, out=total)
-    total *= _inverse_counts(x.shape, windows, count_include_pad, x.dtype)
+    total *= _inverse_counts(x.shape, geometry, count_include_pad, x.dtype)
     return total
 
 
-def avg_pool2d_backward(dy: np.ndarray, windows: Windows, input_shape: tuple[int, int, int, int],
+def avg_pool2d_backward(dy: np.ndarray, geometry: Geometry, input_shape: tuple[int, int, int, int],
                         count_include_pad: bool = False) -> np.ndarray:
     """Spread each output gradient evenly (by the forward's divisor) over its window."""
-    scaled = dy * _inverse_counts(input_shape, windows, count_include_pad, dy.dtype)
-    if _tiles(input_shape, windows):
-        return _spread_tiled(scaled, windows, input_shape)
-    return _spread_general(scaled, windows, input_shape)
+    scaled = dy * _inverse_counts(input_shape, geometry, count_include_pad, dy.dtype)
+    if _tiles(input_shape, geometry):
+        return _spread_tiled(scaled, geometry, input_shape)
+    return _spread_general(scaled, geometry, input_shape)
 
 
 def global_avg_pool2d(x: np.ndarray) -> np.ndarray:
@@ -108,68 +109,47 @@ def global_max_pool2d_backward(dy: np.ndarray, positions: np.ndarray,
 
 # ----------------------------------------------------------------- shared pieces
 
-def _compiled_max_pool(x, windows, with_indices):
+def _compiled_max_pool(x, geometry: Geometry, with_indices):
     x = np.ascontiguousarray(x)
     b, _, _, c = x.shape
-    y = np.empty((b, *output_hw(padded_shape(x.shape, windows)[1:3], windows), c), dtype=x.dtype)
-    kh, kw = windows[0].kernel, windows[1].kernel
+    y = np.empty((b, *geometry.output_hw(x.shape[1:3]), c), dtype=x.dtype)
+    kh, kw = geometry.kernel
     winners = np.empty(y.shape if with_indices else (1, 1, 1, 1), dtype=np.min_scalar_type(kh * kw - 1))
-    geometry = _kernel_geometry(windows)
 
-    def work(part, parts):
-        first, stop = _image_range(b, part, parts)
-        pool_kernels.max_pool(x, *geometry, first, stop, y, winners, with_indices)
-    _split_batch(work, b)
+    def work(first, stop):   # images first..stop: the pool's workers take disjoint images
+        pool_kernels.max_pool(x, *geometry.kernel_args, first, stop, y, winners, with_indices)
+    in_ranges(work, b, part_count(b))
     return y, (winners if with_indices else None)
 
 
-def _compiled_max_pool_backward(dy, winners, windows, input_shape):
+def _compiled_max_pool_backward(dy, winners, geometry: Geometry, input_shape):
     dy = np.ascontiguousarray(dy)
-    tiled = _tiles(input_shape, windows)
+    tiled = _tiles(input_shape, geometry)
     dx = (np.empty if tiled else np.zeros)(input_shape, dtype=dy.dtype)
-    geometry = _kernel_geometry(windows)
 
-    def work(part, parts):
-        first, stop = _image_range(dy.shape[0], part, parts)
-        pool_kernels.max_pool_backward(dy, winners, *geometry, first, stop, tiled, dx)
-    _split_batch(work, dy.shape[0])
+    def work(first, stop):
+        pool_kernels.max_pool_backward(dy, winners, *geometry.kernel_args, first, stop, tiled, dx)
+    in_ranges(work, dy.shape[0], part_count(dy.shape[0]))
     return dx
 
 
-def _kernel_geometry(windows: Windows) -> tuple[int, ...]:
-    """``(Kh, Kw, Sh, Sw, top, left, Dh, Dw)`` as the pool kernels take them."""
-    wh, ww = windows
-    return wh.kernel, ww.kernel, wh.stride, ww.stride, wh.pad_before, ww.pad_before, wh.dilation, ww.dilation
+def _tiles(shape: tuple[int, ...], geometry: Geometry) -> bool:
+    """True when the windows cut the (H, W) plane of ``shape`` (B, H, W, C) into disjoint tiles
+    that cover it all (:meth:`Geometry.tiles_exactly`)."""
+    return geometry.tiles_exactly(shape[1:3])
 
 
-def _split_batch(work, batch: int) -> None:
-    """Run ``work(part, parts)`` over disjoint image ranges on the worker pool."""
-    parts = max(1, min(num_threads(), batch))
-    run_parallel(lambda part: work(part, parts), parts)
-
-
-def _image_range(batch: int, part: int, parts: int) -> tuple[int, int]:
-    return batch * part // parts, batch * (part + 1) // parts
-
-
-def _tiles(shape: tuple[int, ...], windows: Windows) -> bool:
-    """True when the windows cut the (H, W) plane into disjoint tiles that cover it all."""
-    return all(win.stride == win.kernel and win.pad_before == win.pad_after == 0
-               and (win.dilation == 1 or win.kernel == 1) and size % win.kernel == 0
-               for size, win in zip(shape[1:3], windows))
-
-
-def _taps(x: np.ndarray, windows: Windows, pad_value: float, tiled: bool | None = None):
+def _taps(x: np.ndarray, geometry: Geometry, pad_value: float, tiled: bool | None = None):
     """The Kh*Kw kernel taps as ``(B, Ho, Wo, C)`` views, in row-major tap order.
 
     ``tiled`` forces a path (for tests); by default the tiled path is used when it applies.
     """
-    kh, kw = windows[0].kernel, windows[1].kernel
-    if tiled if tiled is not None else _tiles(x.shape, windows):
+    kh, kw = geometry.kernel
+    if tiled if tiled is not None else _tiles(x.shape, geometry):
         b, h, w, c = x.shape
         x6 = x.reshape(b, h // kh, kh, w // kw, kw, c)
         return [x6[:, :, p, :, q] for p in range(kh) for q in range(kw)]
-    view = windowed_view(pad(x, windows, pad_value), windows)
+    view = windowed_view(pad(x, geometry, pad_value), geometry)
     return [view[:, :, :, p, q] for p in range(kh) for q in range(kw)]
 
 
@@ -195,9 +175,9 @@ def _max_taps(taps: list[np.ndarray], with_indices: bool
     return y, winner
 
 
-def _max_backward_tiled(dy, winners, windows, input_shape) -> np.ndarray:
+def _max_backward_tiled(dy, winners, geometry, input_shape) -> np.ndarray:
     """Disjoint windows: write each tile's gradient at once, no scatter needed."""
-    kh, kw = windows[0].kernel, windows[1].kernel
+    kh, kw = geometry.kernel
     b, ho, wo, c = dy.shape
     tap_ids = np.arange(kh * kw, dtype=winners.dtype).reshape(1, 1, kh, 1, kw, 1)
     dx = np.empty((b, ho, kh, wo, kw, c), dtype=dy.dtype)
@@ -205,47 +185,47 @@ def _max_backward_tiled(dy, winners, windows, input_shape) -> np.ndarray:
     return dx.reshape(input_shape)
 
 
-def _max_backward_general(dy, winners, windows, input_shape) -> np.ndarray:
+def _max_backward_general(dy, winners, geometry, input_shape) -> np.ndarray:
     """Overlapping or padded windows: each tap adds the gradients it won into its input slice.
 
     Tap by tap rather than through one (B, Ho, Wo, Kh, Kw, C) array: Kh*Kw times less memory.
     """
-    dxp = np.zeros(padded_shape(input_shape, windows), dtype=dy.dtype)
+    dxp = np.zeros(geometry.padded_shape(input_shape), dtype=dy.dtype)
     won = np.empty(dy.shape, dtype=bool)
     routed = np.empty_like(dy)
-    for tap_id, (_, _, rows, cols) in enumerate(tap_slices(windows, dy.shape[1:3])):
+    for tap_id, (_, _, rows, cols) in enumerate(tap_slices(geometry, dy.shape[1:3])):
         np.equal(winners, tap_id, out=won)
         np.multiply(won, dy, out=routed)
         target = dxp[:, rows, cols]
         np.add(target, routed, out=target)
-    return unpad(dxp, windows)
+    return unpad(dxp, geometry)
 
 
-def _spread_tiled(scaled, windows, input_shape) -> np.ndarray:
+def _spread_tiled(scaled, geometry, input_shape) -> np.ndarray:
     """Disjoint windows: every pixel of a tile receives its window's (scaled) gradient."""
-    kh, kw = windows[0].kernel, windows[1].kernel
+    kh, kw = geometry.kernel
     b, ho, wo, c = scaled.shape
     dx = np.empty((b, ho, kh, wo, kw, c), dtype=scaled.dtype)
     dx[...] = scaled[:, :, None, :, None]
     return dx.reshape(input_shape)
 
 
-def _spread_general(scaled, windows, input_shape) -> np.ndarray:
+def _spread_general(scaled, geometry, input_shape) -> np.ndarray:
     """Every pixel receives the sum of the (scaled) gradients of the windows that contain it."""
-    kh, kw = windows[0].kernel, windows[1].kernel
+    kh, kw = geometry.kernel
     b, ho, wo, c = scaled.shape
     dwin = np.broadcast_to(scaled[:, :, :, None, None], (b, ho, wo, kh, kw, c))
-    dxp = np.zeros(padded_shape(input_shape, windows), dtype=scaled.dtype)
-    return unpad(window_add(dxp, dwin, windows), windows)
+    dxp = np.zeros(geometry.padded_shape(input_shape), dtype=scaled.dtype)
+    return unpad(window_add(dxp, dwin, geometry), geometry)
 
 
-def _inverse_counts(shape: tuple[int, ...], windows: Windows, count_include_pad: bool,
+def _inverse_counts(shape: tuple[int, ...], geometry: Geometry, count_include_pad: bool,
                     dtype: np.dtype) -> np.ndarray:
     """``1 / divisor`` for each output position, shaped (1, Ho, Wo, 1) (or a scalar)."""
-    kh, kw = windows[0].kernel, windows[1].kernel
-    if count_include_pad or not has_padding(windows):
+    kh, kw = geometry.kernel
+    if count_include_pad or not geometry.padded:
         return np.asarray(1.0 / (kh * kw), dtype=dtype)
     ones = np.ones((1, *shape[1:3], 1), dtype=dtype)
-    counts = windowed_view(pad(ones, windows), windows).sum(axis=(3, 4))
+    counts = windowed_view(pad(ones, geometry), geometry).sum(axis=(3, 4))
     # a window made only of padding would divide by zero; the layers forbid it (padding < K)
     return (1.0 / np.maximum(counts, 1)).astype(dtype, copy=False)

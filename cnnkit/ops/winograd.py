@@ -14,19 +14,22 @@ products ``V^T @ dM``.
 
 Numerical error in float32 grows with the tile: about 1e-6 relative for F(2x2, 3x3) and
 1e-5 for F(4x4, 3x3) (tested against the GEMM path).
+
+This is the NumPy reference, rows ``winograd2`` and ``winograd4`` of the table in
+:mod:`cnnkit.ops.conv` (which callers go through); :mod:`cnnkit.ops.winograd_fast` computes
+F(4x4, 3x3) with compiled transforms when :func:`cnnkit.ops.jit.enabled`.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from . import jit, winograd_fast
+from ..arithmetic import Geometry, Window
+from . import tuning
 from .activation import relu as relu_op
 from .activation import relu_backward
 from .reduce import sum_rows
-from .window import Windows
+from .window import pad, unpad
 
 _MATRICES = {
     2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
@@ -39,22 +42,12 @@ _MATRICES = {
         np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
 }
 TILE_SIZES = tuple(_MATRICES)
-#: Blocks of tiles: small enough that a block's transformed tiles stay in cache between the
-#: steps (about CHUNK_ELEMENTS numbers), large enough for efficient matrix products (at least
-#: MIN_BLOCK_TILES tiles). Measured with benchmarks/conv_paths.py.
-CHUNK_ELEMENTS = 1 << 19
-MIN_BLOCK_TILES = 512
 
 
 def _kron(tile: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(B^T ⊗ B^T, G ⊗ G, A^T ⊗ A^T)`` for output tile ``tile`` in ``dtype``."""
     bt, g, at = _MATRICES[tile]
     return (np.kron(bt, bt).astype(dtype), np.kron(g, g).astype(dtype), np.kron(at, at).astype(dtype))
-
-
-def supports(weight_shape: tuple[int, ...], windows: Windows) -> bool:
-    """Winograd applies to 3x3 kernels with stride 1 and no dilation (any padding)."""
-    return tuple(weight_shape[:2]) == (3, 3) and all(w.stride == 1 and w.dilation == 1 for w in windows)
 
 
 def transform_filter(weight: np.ndarray, tile: int) -> np.ndarray:
@@ -64,24 +57,26 @@ def transform_filter(weight: np.ndarray, tile: int) -> np.ndarray:
     return (g2 @ weight.reshape(9, c * n)).reshape(-1, c, n)
 
 
-class _Geometry:
-    """Tiling of a padded input: tile counts, the padded plane and where the input sits in it."""
+class _Tiling:
+    """The output tiles of a convolution of ``geometry`` over an input of ``shape``, and the
+    plane they read: the input padded as ``geometry`` says, then further so that tiles cover it."""
 
-    def __init__(self, shape: tuple[int, ...], windows: Windows, tile: int):
+    def __init__(self, shape: tuple[int, ...], geometry: Geometry, tile: int):
         self.batch, self.h, self.w, self.c = shape
-        wh, ww = windows
-        self.top, self.left = wh.pad_before, ww.pad_before
-        self.out_h = self.h + wh.pad_before + wh.pad_after - 2
-        self.out_w = self.w + ww.pad_before + ww.pad_after - 2
+        self.out_h, self.out_w = geometry.output_hw((self.h, self.w))
         self.tile = tile
-        self.th, self.tw = math.ceil(self.out_h / tile), math.ceil(self.out_w / tile)
-        self.plane = (self.th * tile + 2, self.tw * tile + 2)   # padded further so tiles cover it
+        self.th, self.tw = geometry.output_tiles((self.h, self.w), tile)
+        self.plane = (self.th * tile + 2, self.tw * tile + 2)
+        wh, ww = geometry
+        self.extended = Geometry((Window(3, 1, wh.pad_before, self.plane[0] - wh.pad_before - self.h),
+                                  Window(3, 1, ww.pad_before, self.plane[1] - ww.pad_before - self.w)))
 
     def blocks(self, channels: int):
-        """Yield ``(images, tile_rows)`` slices of about ``max(MIN_BLOCK_TILES, CHUNK_ELEMENTS / per tile)``
-        tiles: whole images when they are small, a band of tile rows of one image otherwise."""
+        """Yield ``(images, tile_rows)`` slices of about ``max(WINOGRAD_CHUNK_MIN_TILES,
+        WINOGRAD_CHUNK_ELEMENTS / per tile)`` tiles: whole images when they are small, a band of
+        tile rows of one image otherwise."""
         per_tile = (self.tile + 2) ** 2 * channels
-        rows = max(1, max(MIN_BLOCK_TILES, CHUNK_ELEMENTS // per_tile) // self.tw)
+        rows = max(1, max(tuning.WINOGRAD_CHUNK_MIN_TILES, tuning.WINOGRAD_CHUNK_ELEMENTS // per_tile) // self.tw)
         if rows < self.th:
             for image in range(self.batch):
                 for first in range(0, self.th, rows):
@@ -92,9 +87,8 @@ class _Geometry:
             yield slice(first, min(first + images, self.batch)), slice(0, self.th)
 
     def padded(self, x: np.ndarray) -> np.ndarray:
-        out = np.zeros((x.shape[0], *self.plane, self.c), dtype=x.dtype)
-        out[:, self.top:self.top + self.h, self.left:self.left + self.w] = x
-        return out
+        """``x`` in the tiles' plane, zeros around it."""
+        return pad(x, self.extended)
 
     def input_tiles(self, xp: np.ndarray, images: slice, rows: slice, bt2: np.ndarray) -> np.ndarray:
         """``V = (B^T ⊗ B^T) d`` for the block's tiles of the padded input: ((m+2)^2, tiles, C)."""
@@ -106,19 +100,15 @@ class _Geometry:
         return (bt2 @ np.ascontiguousarray(view).reshape(a * a, -1)).reshape(a * a, -1, self.c)
 
 
-def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, windows: Windows,
-                    tile: int = 4, transformed: np.ndarray | None = None, compiled: bool = True,
-                    relu: bool = False) -> np.ndarray:
-    """3x3 stride-1 convolution of ``x`` (B, H, W, C) by Winograd F(tile x tile, 3x3).
+def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
+                    tile: int = 4, transformed: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """3x3 stride-1 convolution of ``x`` (B, H, W, C) by Winograd F(tile x tile, 3x3), in NumPy.
 
     ``transformed`` is :func:`transform_filter` of ``weight`` when the caller cached it.
-    F(4x4) runs the compiled :mod:`~cnnkit.ops.winograd_fast` path when it is enabled, and
-    ``compiled=False`` forces this module's NumPy reference. ``relu`` applies a fused ReLU.
+    ``relu`` applies a fused ReLU.
     """
     u = transformed if transformed is not None else transform_filter(weight.astype(x.dtype, copy=False), tile)
-    if tile == 4 and compiled and jit.enabled():
-        return winograd_fast.conv2d(x, u, bias, windows, relu)
-    geo = _Geometry(x.shape, windows, tile)
+    geo = _Tiling(x.shape, geometry, tile)
     bt2, _, at2 = _kron(tile, x.dtype)
     n = weight.shape[3]
     xp = geo.padded(x)
@@ -136,10 +126,9 @@ def winograd_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     return relu_op(y, out=y) if relu else y
 
 
-def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, windows: Windows, tile: int = 4,
-                             need_input_grad: bool = True, need_weight_grad: bool = True,
-                             transformed: np.ndarray | None = None, compiled: bool = True,
-                             relu_output: np.ndarray | None = None):
+def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, geometry: Geometry,
+                             tile: int = 4, need_input_grad: bool = True, need_weight_grad: bool = True,
+                             transformed: np.ndarray | None = None, relu_output: np.ndarray | None = None):
     """``(dx, dweight, dbias)`` of :func:`winograd_conv2d`, its exact adjoint (either gradient may be skipped).
 
     ``relu_output``: the output of a fused ReLU (``relu=True`` forward); ``dy`` then counts only
@@ -149,19 +138,15 @@ def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, 
     bt2, g2, at2 = _kron(tile, dtype)
     weight = weight.astype(dtype, copy=False)
     u = transformed if transformed is not None else transform_filter(weight, tile)
-    if tile == 4 and compiled and jit.enabled():
-        dx, du, dbias = winograd_fast.conv2d_backward(dy, x, u, windows, need_input_grad, need_weight_grad,
-                                                      relu_output)
-        return dx, _filter_gradient(du, g2, weight.shape), dbias
     if relu_output is not None:
         dy = relu_backward(dy.astype(dtype, copy=False), relu_output)
-    geo = _Geometry(x.shape, windows, tile)
+    geo = _Tiling(x.shape, geometry, tile)
     n = weight.shape[3]
     dy = dy.astype(dtype, copy=False)
     dbias = sum_rows(dy.reshape(-1, n))
     du = np.zeros_like(u) if need_weight_grad else None
     xp = geo.padded(x) if need_weight_grad else None
-    dxp = np.zeros((x.shape[0], *geo.plane, geo.c), dtype=dtype) if need_input_grad else None
+    dxp = np.zeros(geo.extended.padded_shape(x.shape), dtype=dtype) if need_input_grad else None
     dyp = _tiled_gradient(dy, geo)
     for images, rows in geo.blocks(max(geo.c, n)):
         dm = _output_tile_grads(dyp, images, rows, geo, at2)                     # ((m+2)^2, tiles, N)
@@ -171,8 +156,14 @@ def winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, 
             dtiles = bt2.T @ np.matmul(dm, u.transpose(0, 2, 1)).reshape(bt2.shape[0], -1)
             _scatter_tiles(dxp[images, rows.start * tile:], dtiles, rows.stop - rows.start, geo)
     dweight = _filter_gradient(du, g2, weight.shape)
-    dx = dxp[:, geo.top:geo.top + geo.h, geo.left:geo.left + geo.w] if need_input_grad else None
+    dx = unpad(dxp, geo.extended) if need_input_grad else None
     return dx, dweight, dbias
+
+
+def filter_gradient(du: np.ndarray | None, tile: int, weight: np.ndarray) -> np.ndarray | None:
+    """``dweight = (G ⊗ G)^T du`` in the dtype of ``du``: the gradient of the filters ``weight``
+    (3, 3, C, N) from that of their transform ``du`` ((m+2)^2, C, N); None when ``du`` is."""
+    return None if du is None else _filter_gradient(du, _kron(tile, du.dtype)[1], weight.shape)
 
 
 def _filter_gradient(du: np.ndarray | None, g2: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -180,7 +171,7 @@ def _filter_gradient(du: np.ndarray | None, g2: np.ndarray, shape: tuple[int, ..
     return None if du is None else (g2.T @ du.reshape(g2.shape[0], -1)).reshape(shape)
 
 
-def _tiled_gradient(dy: np.ndarray, geo: _Geometry) -> np.ndarray:
+def _tiled_gradient(dy: np.ndarray, geo: _Tiling) -> np.ndarray:
     """``dy`` extended with zeros to whole tiles (no copy when it already is)."""
     m = geo.tile
     if (geo.th * m, geo.tw * m) == dy.shape[1:3]:
@@ -190,7 +181,7 @@ def _tiled_gradient(dy: np.ndarray, geo: _Geometry) -> np.ndarray:
     return padded
 
 
-def _output_tile_grads(dyp: np.ndarray, images: slice, rows: slice, geo: _Geometry, at2: np.ndarray) -> np.ndarray:
+def _output_tile_grads(dyp: np.ndarray, images: slice, rows: slice, geo: _Tiling, at2: np.ndarray) -> np.ndarray:
     """``dM = (A^T ⊗ A^T)^T dY`` for the block's output tiles."""
     m, n = geo.tile, dyp.shape[3]
     band = dyp[images, rows.start * m:rows.stop * m]
@@ -198,7 +189,7 @@ def _output_tile_grads(dyp: np.ndarray, images: slice, rows: slice, geo: _Geomet
     return (at2.T @ np.ascontiguousarray(tiles).reshape(m * m, -1)).reshape(at2.shape[1], -1, n)
 
 
-def _scatter_tiles(dxp: np.ndarray, dtiles: np.ndarray, band: int, geo: _Geometry) -> None:
+def _scatter_tiles(dxp: np.ndarray, dtiles: np.ndarray, band: int, geo: _Tiling) -> None:
     """Add each (m+2) x (m+2) tile gradient back where the tile was read (tiles overlap by 2)."""
     a, m = geo.tile + 2, geo.tile
     tiles = dtiles.reshape(a, a, dxp.shape[0], band, geo.tw, geo.c)

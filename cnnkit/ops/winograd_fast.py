@@ -8,12 +8,14 @@ while it is still in cache. The transforms are Numba kernels
 to share the work, chosen by the size of the transformed filters ``U`` (36 x C x N):
 
 * *by block* (``U`` fits in a core's cache: few channels): each worker takes whole blocks of
-  about :data:`BLOCK_ELEMENTS` transformed numbers;
-* *by position* (``U`` is larger, VGG's wide layers): blocks of :data:`POSITION_BLOCK_TILES`
-  tiles go one after the other, and the workers split each block's 36 matrix products among
-  them, so each reads its part of ``U`` once per block rather than all of it per small block.
+  about :data:`~cnnkit.ops.tuning.WINOGRAD_BLOCK_ELEMENTS` transformed numbers;
+* *by position* (``U`` is larger than :data:`~cnnkit.ops.tuning.MAX_SHARED_FILTER_BYTES`, VGG's
+  wide layers): blocks of :data:`~cnnkit.ops.tuning.POSITION_BLOCK_TILES` tiles go one after
+  the other, and the workers split each block's 36 matrix products among them, so each reads
+  its part of ``U`` once per block rather than all of it per small block.
 
-Used when :func:`cnnkit.ops.jit.enabled`.
+The compiled ``winograd4`` row of the table in :mod:`cnnkit.ops.conv`, used when
+:func:`cnnkit.ops.jit.enabled`.
 """
 
 from __future__ import annotations
@@ -22,22 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arithmetic import Geometry
+from . import tuning
 from . import winograd_kernels as _kernels
+from .parts import deal, in_ranges, part_count
 from .threads import num_threads, run_parallel
-
-#: Transformed numbers in one block's buffer, ``36 * tiles * channels`` (1 MiB of float32): the
-#: two buffers a step reads and writes fit a core's 2 MiB L2 cache. Timed from 2^15 to 2^21 on
-#: the small network's layers: 2^17 and 2^18 were fastest.
-BLOCK_ELEMENTS = 1 << 18
-#: Fewer tiles than this make the per-position products too small for BLAS to be efficient.
-MIN_BLOCK_TILES = 16
-#: Transformed filters larger than this (bytes) are shared by position. Timed on VGG16's and the
-#: small network's layers: by block wins up to 2.4 MB (128 x 128 channels; U then comes from the
-#: shared L3 cache), by position from 4.7 MB (128 x 256) backward and 18.9 MB both ways.
-MAX_SHARED_FILTER_BYTES = 4 << 20
-#: Tiles in one block when sharing by position: each position's product reads its slice of U
-#: once per block, so blocks are large; the transforms run in the calling thread.
-POSITION_BLOCK_TILES = 256
 
 
 @dataclass(frozen=True)
@@ -62,26 +53,25 @@ class _Block:
 class _Plan:
     """Tiles and blocks of a 3x3 stride-1 convolution of ``x_shape`` by ``filters`` filters."""
 
-    def __init__(self, x_shape: tuple[int, ...], windows, filters: int, itemsize: int = 4):
+    def __init__(self, x_shape: tuple[int, ...], geometry: Geometry, filters: int, itemsize: int = 4):
         self.batch, self.h, self.w, self.c = x_shape
         self.n = filters
-        wh, ww = windows
-        self.top, self.left = wh.pad_before, ww.pad_before
-        self.out_h = self.h + wh.pad_before + wh.pad_after - 2
-        self.out_w = self.w + ww.pad_before + ww.pad_after - 2
-        self.th, self.tw = -(-self.out_h // 4), -(-self.out_w // 4)
+        self.top, self.left = geometry.top, geometry.left
+        self.out_h, self.out_w = geometry.output_hw((self.h, self.w))
+        self.th, self.tw = geometry.output_tiles((self.h, self.w), 4)
         self.workers = num_threads()
-        self.by_position = 36 * self.c * filters * itemsize > MAX_SHARED_FILTER_BYTES and self.workers > 1
+        self.by_position = (36 * self.c * filters * itemsize > tuning.MAX_SHARED_FILTER_BYTES
+                            and self.workers > 1)
         self.blocks = self._cut(self._block_tiles())
 
     def _block_tiles(self) -> int:
         """Tiles wanted in a block: large when sharing by position; else cache-sized, and small
         enough that every worker gets at least two blocks."""
         if self.by_position:
-            return POSITION_BLOCK_TILES
+            return tuning.POSITION_BLOCK_TILES
         total = self.batch * self.th * self.tw
-        cache_sized = BLOCK_ELEMENTS // (36 * max(self.c, self.n))
-        return max(MIN_BLOCK_TILES, min(cache_sized, -(-total // (2 * self.workers))))
+        cache_sized = tuning.WINOGRAD_BLOCK_ELEMENTS // (36 * max(self.c, self.n))
+        return max(tuning.WINOGRAD_MIN_BLOCK_TILES, min(cache_sized, -(-total // (2 * self.workers))))
 
     def _cut(self, wanted: int) -> list[_Block]:
         """Whole images per block when images are small, else bands of tile rows of one image."""
@@ -104,11 +94,10 @@ class _Plan:
         return [wave for wave in waves if wave]
 
 
-def _spread(blocks: list, plan: _Plan) -> tuple[int, callable]:
-    """``(parts, blocks_of)``: a fixed round-robin split of ``blocks`` over the workers (one part,
-    in the calling thread, when sharing by position), so results do not depend on timing."""
-    parts = 1 if plan.by_position else max(1, min(plan.workers, len(blocks)))
-    return parts, lambda part: blocks[part::parts]
+def _parts(blocks: list, plan: _Plan) -> int:
+    """Parts that ``blocks`` are dealt to (:func:`~cnnkit.ops.parts.deal`): one per worker, or
+    one in the calling thread when sharing by position."""
+    return 1 if plan.by_position else part_count(len(blocks), plan.workers)
 
 
 def _products(plan: _Plan):
@@ -134,12 +123,9 @@ def _products(plan: _Plan):
             out[position] += product
 
     def by_position(a, b, out, add=False):
-        parts = min(plan.workers, 36)
-
-        def work(part: int) -> None:
-            lo, hi = 36 * part // parts, 36 * (part + 1) // parts
+        def work(lo: int, hi: int) -> None:
             position_range(a[lo:hi], b[lo:hi], out[lo:hi], add)
-        run_parallel(work, parts)
+        in_ranges(work, 36, min(plan.workers, 36))
     return by_position
 
 
@@ -172,20 +158,21 @@ def _input_transform(x, plan, block, buffers, into: int, spare: int) -> np.ndarr
     return d
 
 
-def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows, relu: bool = False) -> np.ndarray:
-    """3x3 stride-1 convolution of ``x`` (B, H, W, C) given transformed filters ``u`` (36, C, N),
-    followed by ReLU when ``relu``."""
+def compiled_winograd_conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
+                             relu: bool = False) -> np.ndarray:
+    """3x3 stride-1 convolution of ``x`` (B, H, W, C) given transformed filters ``u`` (36, C, N)
+    (:func:`cnnkit.ops.winograd.transform_filter`), followed by ReLU when ``relu``."""
     x = np.ascontiguousarray(x)
     n = u.shape[2]
-    plan = _Plan(x.shape, windows, n, x.dtype.itemsize)
+    plan = _Plan(x.shape, geometry, n, x.dtype.itemsize)
     y = np.empty((plan.batch, plan.out_h, plan.out_w, n), dtype=x.dtype)
     bias = np.zeros(n, x.dtype) if bias is None else bias.astype(x.dtype, copy=False)
-    parts, blocks_of = _spread(plan.blocks, plan)
+    parts = _parts(plan.blocks, plan)
     multiply = _products(plan)
 
     def work(part: int) -> None:
         buffers = _Buffers(plan, x.dtype)
-        for block in blocks_of(part):
+        for block in deal(plan.blocks, part, parts):
             v = _input_transform(x, plan, block, buffers, 0, 1)
             m = buffers.view(1, 36, block.tiles, n)
             multiply(v, u, m)
@@ -199,15 +186,17 @@ def conv2d(x: np.ndarray, u: np.ndarray, bias: np.ndarray | None, windows, relu:
     return y
 
 
-def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_input_grad: bool = True,
-                    need_weight_grad: bool = True, relu_output: np.ndarray | None = None):
-    """``(dx, du, dbias)`` of :func:`conv2d`: ``du`` is the gradient of the transformed filters
-    (36, C, N); either of ``dx`` and ``du`` is None when not needed. ``relu_output`` is the
-    output of a fused ReLU: ``dy`` then counts only where it is positive."""
+def compiled_winograd_conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, geometry: Geometry,
+                                      need_input_grad: bool = True, need_weight_grad: bool = True,
+                                      relu_output: np.ndarray | None = None):
+    """``(dx, du, dbias)`` of :func:`compiled_winograd_conv2d`: ``du`` is the gradient of the
+    transformed filters (36, C, N) (:func:`cnnkit.ops.winograd.filter_gradient` turns it into the
+    filters'); either of ``dx`` and ``du`` is None when not needed. ``relu_output`` is the output
+    of a fused ReLU: ``dy`` then counts only where it is positive."""
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy.astype(x.dtype, copy=False))
     mask = np.empty((0, 0, 0, 0), x.dtype) if relu_output is None else np.ascontiguousarray(relu_output)
     c, n = u.shape[1:]
-    plan = _Plan(x.shape, windows, n, x.dtype.itemsize)
+    plan = _Plan(x.shape, geometry, n, x.dtype.itemsize)
     multiply = _products(plan)
     dx = np.zeros(x.shape, dtype=x.dtype) if need_input_grad else None
     du = np.zeros(u.shape, dtype=x.dtype) if need_weight_grad else None
@@ -235,14 +224,14 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, u: np.ndarray, windows, need_
 
     dbias = np.zeros(n, dtype=x.dtype)
     for wave in plan.waves():
-        parts, blocks_of = _spread(wave, plan)
+        parts = _parts(wave, plan)
 
-        def work(part: int, blocks_of=blocks_of, alone=parts == 1):
+        def work(part: int, wave=wave, parts=parts, alone=parts == 1):
             buffers = _Buffers(plan, x.dtype)
             # a part working alone adds straight into the totals
             partial = du if alone or not need_weight_grad else np.zeros(u.shape, dtype=x.dtype)
             partial_bias = dbias if alone else np.zeros(n, dtype=x.dtype)
-            for block in blocks_of(part):
+            for block in deal(wave, part, parts):
                 block_grads(block, buffers, partial, partial_bias)
             return None if alone else (partial, partial_bias)
 

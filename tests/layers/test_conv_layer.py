@@ -62,6 +62,25 @@ def test_inference_keeps_no_cache_and_training_caches_only_the_input():
         layer.backward(np.ones_like(y))
 
 
+def test_winograd_filters_are_transformed_once_per_weight_version_and_the_context_keeps_its_own(monkeypatch):
+    from cnnkit.ops import conv as conv_ops
+    calls = []
+    transform = conv_ops.transform_filter
+    monkeypatch.setattr(conv_ops, "transform_filter", lambda w, tile: calls.append(tile) or transform(w, tile))
+    layer = Conv2d(4, 3, padding=1, algorithm="winograd4")
+    layer.build((6, 6, 4), np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 6, 6, 4)).astype(np.float32)
+    y, context = layer.call(x, training=True)
+    layer.call_backward(np.ones_like(y), context)
+    layer.forward(x)
+    assert calls == [4]                                # forward, backward and forward again: one transform
+    weight = layer.parameters()["weight"]
+    with weight.writing() as array:
+        array *= 2
+    np.testing.assert_allclose(layer.forward(x) - layer.parameters()["bias"].value, 2 * y, rtol=1e-5, atol=1e-5)
+    assert calls == [4, 4] and context.filters is not layer._filter_cache
+
+
 def test_backward_adds_into_parameter_gradients():
     layer = _layer()
     x = np.random.default_rng(3).standard_normal((2, 6, 5, 3)).astype(np.float32)

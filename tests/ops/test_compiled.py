@@ -6,11 +6,12 @@ from threadpoolctl import threadpool_info
 
 from cnnkit.arithmetic import windows_2d
 from cnnkit.errors import ConfigError
-from cnnkit.ops import gemm_kernels, products, runtime, threads, winograd_fast
-from cnnkit.ops.conv import conv2d, conv2d_backward
+from cnnkit.ops import gemm_kernels, products, runtime, threads, tuning, winograd_fast
+from cnnkit.ops.gemm import gemm_conv2d, gemm_conv2d_backward
+from cnnkit.ops.gemm_fast import compiled_gemm_conv2d, compiled_gemm_conv2d_backward
 from cnnkit.ops.pool import max_pool2d, max_pool2d_backward
-from cnnkit.ops.winograd import winograd_conv2d, winograd_conv2d_backward
-
+from cnnkit.ops.winograd import filter_gradient, transform_filter, winograd_conv2d, winograd_conv2d_backward
+from cnnkit.ops.winograd_fast import compiled_winograd_conv2d, compiled_winograd_conv2d_backward
 
 
 def _relative(a, b):
@@ -29,21 +30,22 @@ def workers(request, monkeypatch):
     (3, 13, 11, 5, 4, 1), (1, 22, 9, 3, 6, (2, 0)), (2, 8, 8, 4, 4, 0), (2, 17, 17, 2, 3, "same")])
 def test_winograd_fast_path_equals_the_numpy_path(batch, h, w, c, n, padding, block_elements, share, workers,
                                                   monkeypatch):
-    monkeypatch.setattr(winograd_fast, "BLOCK_ELEMENTS", block_elements)
-    monkeypatch.setattr(winograd_fast, "POSITION_BLOCK_TILES", block_elements // 64)
-    monkeypatch.setattr(winograd_fast, "MIN_BLOCK_TILES", 1)
-    monkeypatch.setattr(winograd_fast, "MAX_SHARED_FILTER_BYTES", 1 << 30 if share == "by block" else 0)
+    monkeypatch.setattr(tuning, "WINOGRAD_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(tuning, "POSITION_BLOCK_TILES", block_elements // 64)
+    monkeypatch.setattr(tuning, "WINOGRAD_MIN_BLOCK_TILES", 1)
+    monkeypatch.setattr(tuning, "MAX_SHARED_FILTER_BYTES", 1 << 30 if share == "by block" else 0)
     rng = np.random.default_rng(0)
     x, weight = rng.standard_normal((batch, h, w, c)), rng.standard_normal((3, 3, c, n))
     bias = rng.standard_normal(n)
     windows = windows_2d((h, w), 3, 1, padding, 1, "conv")
-    reference = winograd_conv2d(x, weight, bias, windows, compiled=False)
-    assert _relative(winograd_conv2d(x, weight, bias, windows), reference) < 1e-12
+    u = transform_filter(weight, 4)
+    reference = winograd_conv2d(x, weight, bias, windows, 4, u)
+    assert _relative(compiled_winograd_conv2d(x, u, bias, windows), reference) < 1e-12
     dy = rng.standard_normal(reference.shape)
     for need_input_grad, need_weight_grad in [(True, True), (False, True), (True, False)]:
-        got = winograd_conv2d_backward(dy, x, weight, windows, 4, need_input_grad, need_weight_grad)
-        expected = winograd_conv2d_backward(dy, x, weight, windows, 4, need_input_grad, need_weight_grad,
-                                            compiled=False)
+        dx, du, dbias = compiled_winograd_conv2d_backward(dy, x, u, windows, need_input_grad, need_weight_grad)
+        got = dx, filter_gradient(du, 4, weight), dbias
+        expected = winograd_conv2d_backward(dy, x, weight, windows, 4, need_input_grad, need_weight_grad, u)
         for ours, theirs in zip(got, expected):
             assert (ours is None) == (theirs is None)
             if ours is not None:
@@ -52,8 +54,8 @@ def test_winograd_fast_path_equals_the_numpy_path(batch, h, w, c, n, padding, bl
 
 def test_winograd_fast_path_cuts_a_large_image_into_bands_of_tile_rows(monkeypatch):
     monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
-    monkeypatch.setattr(winograd_fast, "BLOCK_ELEMENTS", 36 * 4 * 8)
-    monkeypatch.setattr(winograd_fast, "MIN_BLOCK_TILES", 1)
+    monkeypatch.setattr(tuning, "WINOGRAD_BLOCK_ELEMENTS", 36 * 4 * 8)
+    monkeypatch.setattr(tuning, "WINOGRAD_MIN_BLOCK_TILES", 1)
     windows = windows_2d((40, 40), 3, 1, 1, 1, "conv")
     plan = winograd_fast._Plan((1, 40, 40, 4), windows, 4)
     assert not plan.by_position
@@ -65,7 +67,7 @@ def test_wide_layers_share_each_block_by_position(monkeypatch):
     monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
     windows = windows_2d((28, 28), 3, 1, 1, 1, "conv")
     wide = winograd_fast._Plan((8, 28, 28, 256), windows, 512)   # U: 36 x 256 x 512 floats, 18.9 MB
-    assert wide.by_position and max(block.tiles for block in wide.blocks) <= winograd_fast.POSITION_BLOCK_TILES
+    assert wide.by_position and max(block.tiles for block in wide.blocks) <= tuning.POSITION_BLOCK_TILES
     assert not winograd_fast._Plan((128, 32, 32, 32), windows_2d((32, 32), 3, 1, 1, 1, "conv"), 32).by_position
 
 
@@ -81,12 +83,12 @@ def test_compiled_gemm_path_equals_the_numpy_path(size, c, n, kernel, stride, pa
     bias = rng.standard_normal(n).astype(dtype)
     windows = windows_2d((size, size + 1), kernel, stride, padding, dilation, "conv")
     limit = 1e-12 if dtype == np.float64 else 1e-5
-    expected = conv2d(x, weight, bias, windows, compiled=False)
-    got = conv2d(x, weight, bias, windows)
+    expected = gemm_conv2d(x, weight, bias, windows)
+    got = compiled_gemm_conv2d(x, weight, bias, windows)
     assert got.dtype == dtype and _relative(got, expected) < limit
     dy = rng.standard_normal(expected.shape).astype(dtype)
-    for ours, theirs in zip(conv2d_backward(dy, x, weight, windows),
-                            conv2d_backward(dy, x, weight, windows, compiled=False)):
+    for ours, theirs in zip(compiled_gemm_conv2d_backward(dy, x, weight, windows),
+                            gemm_conv2d_backward(dy, x, weight, windows)):
         assert ours.dtype == dtype and _relative(ours, theirs) < limit
 
 
@@ -126,7 +128,7 @@ def test_compiled_max_pool_equals_the_numpy_path_with_ties_and_nan(size, kernel,
 @pytest.mark.parametrize("m, k, n", [(300, 40, 200), (8, 4096, 1000), (20, 20000, 30), (3, 5, 7)])
 def test_split_matrix_products_equal_one_product(m, k, n, monkeypatch):
     monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
-    monkeypatch.setattr(products, "MIN_PARALLEL_MACS", 1)
+    monkeypatch.setattr(tuning, "MIN_PARALLEL_MACS", 1)
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
     np.testing.assert_allclose(products.matmul(a, b), a @ b, rtol=1e-12, atol=1e-9)

@@ -1,5 +1,6 @@
-"""Convolution kernels: the windowing primitive, the GEMM paths against a naive loop reference,
-and forward and gradients against torch.nn.functional.conv2d."""
+"""Convolution kernels: the windowing primitive, the GEMM paths (through the one entry,
+``cnnkit.ops.conv2d``) against a naive loop reference, and forward and gradients against
+torch.nn.functional.conv2d."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ try:  # PyTorch is a test-only oracle: without it the tests marked `torch` skip,
 except ImportError:
     torch = F = None
 
-from cnnkit.arithmetic import Window, windows_2d
-from cnnkit.ops import conv as conv_ops
-from cnnkit.ops import conv2d, conv2d_backward, pad, unpad, window_add, windowed_view
+from cnnkit.arithmetic import Geometry, Window, windows_2d
+from cnnkit.ops import conv2d, conv2d_backward, pad, tuning, unpad, window_add, windowed_view
+
+
+def _gemm(x, w, b, windows, activation=None):
+    """``(y, context)`` of the GEMM rows (pointwise, compiled or NumPy, as the table chooses)."""
+    return conv2d(x, w, b, windows, activation, algorithm="gemm")
 
 
 # ----------------------------------------------------------------- naive references
@@ -105,9 +110,9 @@ def test_window_add_is_the_adjoint_of_the_view(size, kernel, stride, padding, di
 
 def test_pad_is_free_without_padding_and_unpad_inverts_it():
     x = np.ones((1, 4, 5, 2), np.float32)
-    no_pad = (Window(3, 1, 0, 0), Window(3, 1, 0, 0))
+    no_pad = Geometry((Window(3, 1, 0, 0), Window(3, 1, 0, 0)))
     assert pad(x, no_pad) is x
-    asym = (Window(2, 1, 0, 1), Window(4, 1, 1, 2))
+    asym = Geometry((Window(2, 1, 0, 1), Window(4, 1, 1, 2)))
     xp = pad(x, asym, value=-7.0)
     assert xp.shape == (1, 5, 8, 2) and xp.dtype == np.float32
     assert xp[0, 4, 0, 0] == -7.0 and xp[0, 0, 0, 0] == -7.0 and xp[0, 0, 1, 0] == 1.0
@@ -134,10 +139,10 @@ def test_conv2d_and_backward_match_the_loop_reference(size, c, n, kernel, stride
     rng = np.random.default_rng(2)
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     x, w, b = rng.standard_normal((2, *size, c)), rng.standard_normal((kh, kw, c, n)), rng.standard_normal(n)
-    y = conv2d(x, w, b, windows)
+    y, context = _gemm(x, w, b, windows)
     np.testing.assert_allclose(y, conv2d_reference(x, w, b, windows), rtol=1e-12, atol=1e-12)
     dy = rng.standard_normal(y.shape)
-    for got, want in zip(conv2d_backward(dy, x, w, windows), conv2d_backward_reference(dy, x, w, windows)):
+    for got, want in zip(conv2d_backward(dy, context), conv2d_backward_reference(dy, x, w, windows)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -145,12 +150,13 @@ def test_batch_chunks_give_the_same_result_as_one_chunk(monkeypatch):
     windows = windows_2d((7, 6), 3, 2, 1, 1, "t")
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((5, 7, 6, 2)), rng.standard_normal((3, 3, 2, 4)), rng.standard_normal(4)
-    y = conv2d(x, w, b, windows)
+    y, context = _gemm(x, w, b, windows)
     dy = rng.standard_normal(y.shape)
-    grads = conv2d_backward(dy, x, w, windows)
-    monkeypatch.setattr(conv_ops, "CHUNK_ELEMENTS", 2 * 4 * 3 * 9 * 2)  # two images a chunk, then one
-    np.testing.assert_allclose(conv2d(x, w, b, windows), y, rtol=1e-13)
-    for chunked, whole in zip(conv2d_backward(dy, x, w, windows), grads):
+    grads = conv2d_backward(dy, context)
+    monkeypatch.setattr(tuning, "GEMM_CHUNK_ELEMENTS", 2 * 4 * 3 * 9 * 2)  # two images a chunk, then one
+    chunked_y, chunked_context = _gemm(x, w, b, windows)
+    np.testing.assert_allclose(chunked_y, y, rtol=1e-13)
+    for chunked, whole in zip(conv2d_backward(dy, chunked_context), grads):
         np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
 
 
@@ -159,9 +165,10 @@ def test_backward_can_skip_the_input_or_the_weight_gradient():
     rng = np.random.default_rng(4)
     x, w = rng.standard_normal((2, 5, 5, 2)), rng.standard_normal((3, 3, 2, 3))
     dy = rng.standard_normal((2, 5, 5, 3))
-    dx, dw, db = conv2d_backward(dy, x, w, windows)
-    no_dx = conv2d_backward(dy, x, w, windows, need_input_grad=False)
-    no_dw = conv2d_backward(dy, x, w, windows, need_weight_grad=False)
+    context = _gemm(x, w, None, windows)[1]
+    dx, dw, db = conv2d_backward(dy, context)
+    no_dx = conv2d_backward(dy, context, need_input_grad=False)
+    no_dw = conv2d_backward(dy, context, need_weight_grad=False)
     assert no_dx[0] is None and no_dw[1] is None
     np.testing.assert_allclose(no_dx[1], dw)
     np.testing.assert_allclose(no_dw[0], dx)
@@ -173,9 +180,9 @@ def test_outputs_and_gradients_keep_the_input_dtype(dtype):
     windows = windows_2d((5, 5), 3, 1, 1, 1, "t")
     x = np.ones((1, 5, 5, 2), dtype)
     w, b = np.ones((3, 3, 2, 3), np.float32), np.zeros(3, np.float32)
-    y = conv2d(x, w, b, windows)
+    y, context = _gemm(x, w, b, windows)
     assert y.dtype == dtype
-    assert all(g.dtype == dtype for g in conv2d_backward(np.ones_like(y), x, w, windows))
+    assert all(g.dtype == dtype for g in conv2d_backward(np.ones_like(y), context))
 
 
 # ----------------------------------------------------------------- torch oracle
@@ -211,9 +218,9 @@ def test_conv2d_matches_torch_forward_and_gradients(case, seed):
     x = rng.standard_normal(shape, dtype=np.float32)
     w = rng.standard_normal((kh, kw, shape[3], n), dtype=np.float32)
     b = rng.standard_normal(n, dtype=np.float32)
-    y = conv2d(x, w, b, windows)
+    y, context = _gemm(x, w, b, windows)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
-    dx, dw, db = conv2d_backward(dy, x, w, windows)
+    dx, dw, db = conv2d_backward(dy, context)
 
     wh, ww = windows
     xt = _nchw(x)
@@ -239,19 +246,20 @@ def test_conv2d_matches_torch_forward_and_gradients(case, seed):
 def test_fused_relu_is_the_relu_of_the_output_and_masks_the_gradient(kernel, stride, padding, block_elements,
                                                                        monkeypatch):
     monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
-    monkeypatch.setattr(conv_ops.conv_fast, "BLOCK_ELEMENTS", block_elements)
-    monkeypatch.setattr(conv_ops.conv_fast, "MIN_BLOCK_ROWS", 8)
+    monkeypatch.setattr(tuning, "GEMM_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(tuning, "GEMM_MIN_BLOCK_ROWS", 8)
     rng = np.random.default_rng(7)
     x, weight, bias = rng.standard_normal((4, 9, 8, 3)), rng.standard_normal((kernel, kernel, 3, 5)), \
         rng.standard_normal(5)
     windows = windows_2d((9, 8), kernel, stride, padding, 1, "conv")
-    y = conv2d(x, weight, bias, windows, relu=True)
-    np.testing.assert_allclose(y, np.maximum(conv2d(x, weight, bias, windows), 0), rtol=1e-12, atol=1e-12)
-    assert (y == 0).any() and (y > 0).any()
+    y, fused_context = _gemm(x, weight, bias, windows, activation="relu")
+    plain, plain_context = _gemm(x, weight, bias, windows)
+    np.testing.assert_allclose(y, np.maximum(plain, 0), rtol=1e-12, atol=1e-12)
+    assert (y == 0).any() and (y > 0).any() and fused_context.relu_output is y
     dy = rng.standard_normal(y.shape)
     for need_input_grad, need_weight_grad in [(True, True), (False, True), (True, False)]:
-        fused = conv2d_backward(dy, x, weight, windows, need_input_grad, need_weight_grad, relu_output=y)
-        masked = conv2d_backward(dy * (y > 0), x, weight, windows, need_input_grad, need_weight_grad)
+        fused = conv2d_backward(dy, fused_context, need_input_grad, need_weight_grad)
+        masked = conv2d_backward(dy * (y > 0), plain_context, need_input_grad, need_weight_grad)
         for ours, theirs in zip(fused, masked):
             assert (ours is None) == (theirs is None)
             if ours is not None:

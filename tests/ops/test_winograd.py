@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) and F(4x4, 3x3) against the GEMM reference path, finite differences and torch."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (through the one entry, ``cnnkit.ops.conv2d``) against the
+GEMM reference path, finite differences and torch."""
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from cnnkit.arithmetic import windows_2d
 from cnnkit.errors import ConfigError
 from cnnkit.layers import Conv2d
 from cnnkit.ops.conv import choose_algorithm, conv2d, conv2d_backward
-from cnnkit.ops.winograd import transform_filter, winograd_conv2d, winograd_conv2d_backward
+from cnnkit.ops.winograd import transform_filter
 
 CASES = [  # batch, H, W, C, N, padding
     (2, 7, 9, 3, 5, 1), (1, 8, 8, 4, 4, 0), (2, 13, 6, 5, 3, "same"), (3, 5, 5, 2, 2, 2), (1, 3, 3, 2, 2, 0),
@@ -37,14 +38,13 @@ def test_forward_and_backward_equal_the_gemm_path(tile, dtype, tolerance, batch,
     weight = rng.standard_normal((3, 3, c, n)).astype(dtype)
     bias = rng.standard_normal(n).astype(dtype)
     windows = windows_2d((h, w), 3, 1, padding, 1, "conv")
-    expected = conv2d(x, weight, bias, windows)
+    expected, gemm = conv2d(x, weight, bias, windows, algorithm="gemm")
     dy = rng.standard_normal(expected.shape).astype(dtype)
     limit = 1e-12 if tolerance is None else FLOAT32_TOLERANCE[tile]
-    got = winograd_conv2d(x, weight, bias, windows, tile)
+    got, winograd = conv2d(x, weight, bias, windows, algorithm=f"winograd{tile}")
     assert got.shape == expected.shape and got.dtype == dtype
     assert _relative(got, expected) < limit
-    for ours, reference in zip(winograd_conv2d_backward(dy, x, weight, windows, tile),
-                               conv2d_backward(dy, x, weight, windows)):
+    for ours, reference in zip(conv2d_backward(dy, winograd), conv2d_backward(dy, gemm)):
         assert ours.dtype == dtype and _relative(ours, reference) < limit
 
 
@@ -53,9 +53,10 @@ def test_float32_error_on_a_vgg_sized_layer_is_as_documented():
     x = rng.standard_normal((1, 28, 28, 256), dtype=np.float32)
     weight = (rng.standard_normal((3, 3, 256, 64)) / 48).astype(np.float32)
     windows = windows_2d((28, 28), 3, 1, 1, 1, "conv")
-    exact = conv2d(x.astype(np.float64), weight.astype(np.float64), None, windows)
+    exact = conv2d(x.astype(np.float64), weight.astype(np.float64), None, windows, algorithm="gemm")[0]
     for tile in (2, 4):
-        assert _relative(winograd_conv2d(x, weight, None, windows, tile), exact) < FLOAT32_TOLERANCE[tile]
+        got = conv2d(x, weight, None, windows, algorithm=f"winograd{tile}")[0]
+        assert _relative(got, exact) < FLOAT32_TOLERANCE[tile]
 
 
 @pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
@@ -121,16 +122,19 @@ def test_optimizer_steps_and_state_loads_refresh_cached_filters():
 
 
 def test_automatic_choice_by_shape():
+    def choice(*args, **kwargs):
+        return choose_algorithm(*args, **kwargs).name
+
     same = windows_2d((56, 56), 3, 1, 1, 1, "c")
-    assert choose_algorithm((8, 56, 56, 256), (3, 3, 256, 256), same) == "winograd4"
-    assert choose_algorithm((1, 56, 56, 3), (3, 3, 3, 64), same) == "gemm"          # too few channels
+    assert choice((8, 56, 56, 256), (3, 3, 256, 256), same) == "winograd4"
+    assert choice((1, 56, 56, 3), (3, 3, 3, 64), same) == "gemm"          # too few channels
     small = windows_2d((14, 14), 3, 1, 1, 1, "c")
-    assert choose_algorithm((1, 14, 14, 512), (3, 3, 512, 512), small) == "gemm"       # 16 tiles
-    assert choose_algorithm((1, 14, 14, 512), (3, 3, 512, 512), small, backward=True) == "gemm"
-    assert choose_algorithm((8, 56, 56, 256), (3, 3, 256, 256), same, backward=True) == "winograd4"
+    assert choice((1, 14, 14, 512), (3, 3, 512, 512), small) == "gemm"       # 16 tiles
+    assert choice((1, 14, 14, 512), (3, 3, 512, 512), small, backward=True) == "gemm"
+    assert choice((8, 56, 56, 256), (3, 3, 256, 256), same, backward=True) == "winograd4"
     strided = windows_2d((56, 56), 3, 2, 1, 1, "c")
-    assert choose_algorithm((8, 56, 56, 256), (3, 3, 256, 256), strided) == "gemm"
-    assert choose_algorithm((8, 56, 56, 256), (3, 3, 256, 256), same, "winograd2") == "winograd2"
+    assert choice((8, 56, 56, 256), (3, 3, 256, 256), strided) == "gemm"
+    assert choice((8, 56, 56, 256), (3, 3, 256, 256), same, "winograd2") == "winograd2"
 
 
 def test_winograd_needs_a_3x3_stride_1_kernel():
