@@ -198,7 +198,8 @@ def run_backward(plan: Plan, tape: Tape, gradients: dict[int, np.ndarray], input
 
     Each context is dropped as its step is passed. ``on_layer_done(layer)`` is called when the
     last step of a layer is done, its parameters' gradients complete (data-parallel training
-    sends them then). The arrays in ``gradients`` are never written.
+    sends them then). The arrays in ``gradients`` are never written, and the input gradients
+    returned share memory with none of them nor with each other.
     """
     pending: dict[int, tuple[np.ndarray, bool]] = {t: (g, False) for t, g in gradients.items()}
     inputs = set(plan.inputs)
@@ -222,7 +223,15 @@ def run_backward(plan: Plan, tape: Tape, gradients: dict[int, np.ndarray], input
         remaining[key] -= 1
         if remaining[key] == 0 and on_layer_done is not None:
             on_layer_done(step.layer)
-    return [pending[t][0] if t in pending and input_gradients else None for t in plan.inputs]
+    return [_handed_over(pending[t]) if t in pending and input_gradients else None for t in plan.inputs]
+
+
+def _handed_over(entry: tuple[np.ndarray, bool]) -> np.ndarray:
+    """An input's gradient as the caller's own array: one nobody else holds is given as it is;
+    otherwise (the caller's output gradient passed on by an ``Add``, or one array for two inputs)
+    a copy, so writing into one result never changes another or the caller's gradient."""
+    gradient, owned = entry
+    return gradient if owned else gradient.copy()
 
 
 def _step_backward(step: Step, context, entry, wants, pending) -> None:
