@@ -7,22 +7,29 @@ node may only read tensors defined before it (so a file cannot make a cycle).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
-from .errors import ConfigError
+from .errors import CnnkitError, ConfigError
 from .graph import Input, SymbolicTensor
 
 #: the largest graph a file may describe (ResNet-152 has about 500 nodes)
 MAX_NODES = 100_000
+#: the most numbers one sample's tensor may hold (224x224x3 is 150,528; 2**31 is 8 GiB of float32)
+MAX_VOLUME = 1 << 31
+#: the most parameters a graph may have (VGG16 has 138 million; 2**31 is 8 GiB of float32)
+MAX_PARAMETERS = 1 << 31
 
 
 def graph_from_config(config: Mapping) -> tuple[list[SymbolicTensor] | SymbolicTensor,
                                                 list[SymbolicTensor] | SymbolicTensor, dict]:
     """The inputs, outputs and ``Model`` options that ``config`` describes; its layers built
-    as descriptions (the model draws or loads their weights)."""
+    as descriptions (the model draws or loads their weights), no weight allocated yet."""
     from .layers import LAYER_CLASSES
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"architecture: must be a mapping (a JSON object); received {type(config).__name__}")
     version = config.get("format")
-    if version != 1:
+    if version != 1 or isinstance(version, bool):
         raise ConfigError(f"architecture: graph format {version!r} is not one this cnnkit reads (1); "
                           f"upgrade cnnkit to read it")
     layers = _layers(_list(config, "layers"), LAYER_CLASSES)
@@ -32,31 +39,26 @@ def graph_from_config(config: Mapping) -> tuple[list[SymbolicTensor] | SymbolicT
         name = _string(_field(entry, "name", f"input {index}"), f"input {index} name")
         if name in tensors:
             raise ConfigError(f"architecture: input name {name!r} appears twice")
-        tensors[name] = Input(_field(entry, "shape", f"input {name}"), name=name)
+        tensors[name] = Input(_shape(_field(entry, "shape", f"input {name}"), f"input {name!r}"), name=name)
         inputs.append(tensors[name])
-    uses: dict[str, int] = {}
     nodes = _list(config, "nodes")
     if len(nodes) > MAX_NODES:
         raise ConfigError(f"architecture: {len(nodes)} nodes is more than the {MAX_NODES} cnnkit reads")
+    uses: dict[str, int] = {}
     for index, entry in enumerate(nodes):
         layer_name = _string(_field(entry, "layer", f"node {index}"), f"node {index} layer")
         if layer_name not in layers:
             raise ConfigError(f"architecture: node {index} applies layer {layer_name!r}, which is not among the "
                               f"layers {sorted(layers)}")
-        sources = []
-        for source in _field(entry, "inputs", f"node {index}") or []:
-            if not isinstance(source, str) or source not in tensors:
-                raise ConfigError(f"architecture: node {index} ({layer_name}) reads {source!r}, which is not an "
-                                  f"input or an earlier node")
-            sources.append(tensors[source])
-        if not sources:
-            raise ConfigError(f"architecture: node {index} ({layer_name}) reads no tensor")
-        layer = layers[layer_name]
+        sources = _sources(entry, index, layer_name, tensors)
         count = uses.get(layer_name, 0)
         uses[layer_name] = count + 1
         node_name = layer_name if count == 0 else f"{layer_name}:{count}"
-        tensors[node_name] = layer(sources if layer.arity is None else sources[0]) \
-            if layer.arity is None or len(sources) == 1 else _arity_error(layer_name, index, len(sources))
+        tensors[node_name] = _apply(layers[layer_name], sources, f"node {index} ({layer_name})")
+    unused = [name for name in layers if name not in uses]
+    if unused:
+        raise ConfigError(f"architecture: layers {unused} are applied by no node; remove them or add their nodes")
+    _check_parameters(layers.values())
     outputs = []
     for name in _list(config, "outputs"):
         if not isinstance(name, str) or name not in tensors:
@@ -64,9 +66,11 @@ def graph_from_config(config: Mapping) -> tuple[list[SymbolicTensor] | SymbolicT
         outputs.append(tensors[name])
     if not inputs or not outputs:
         raise ConfigError("architecture: a graph needs at least one input and one output")
-    options = {"name": _string(config.get("name", "model"), "name"), "seed": config.get("seed", 0),
-               "strict": bool(config.get("strict", False))}
-    several_in, several_out = bool(config.get("several_inputs", True)), bool(config.get("several_outputs", True))
+    options = {"name": _string(config.get("name", "model"), "name"), "seed": _seed(config.get("seed", 0)),
+               "strict": _flag(config, "strict", False)}
+    several_in, several_out = _flag(config, "several_inputs", True), _flag(config, "several_outputs", True)
+    if not isinstance(config.get("meta", {}), Mapping):
+        raise ConfigError(f"architecture: meta must be a mapping; received {type(config['meta']).__name__}")
     return (inputs if several_in or len(inputs) > 1 else inputs[0],
             outputs if several_out or len(outputs) > 1 else outputs[0], options)
 
@@ -75,24 +79,87 @@ def _layers(entries: list, classes: Mapping) -> dict:
     layers = {}
     for index, entry in enumerate(entries):
         kind = entry.get("class") if isinstance(entry, Mapping) else None
-        if kind not in classes:
+        if not isinstance(kind, str) or kind not in classes:
             raise ConfigError(f"architecture: layer {index} has unknown class {kind!r}; known classes are "
                               f"{sorted(classes)} (custom layers: decorate the class with cnnkit.register_layer)")
         arguments = entry.get("config", {})
-        if not isinstance(arguments, Mapping):
-            raise ConfigError(f"architecture: layer {index} ({kind}) config must be a mapping")
+        if not isinstance(arguments, Mapping) or not all(isinstance(key, str) for key in arguments):
+            raise ConfigError(f"architecture: layer {index} ({kind}) config must be a mapping of argument names")
         try:
             layer = classes[kind].from_config(arguments)
-        except TypeError as error:
+        except CnnkitError:
+            raise
+        except (TypeError, ValueError, OverflowError) as error:
             raise ConfigError(f"architecture: layer {index} ({kind}) has bad arguments: {error}") from None
-        if not isinstance(layer.name, str) or layer.name in layers:
+        if not isinstance(layer.name, str) or not layer.name or layer.name in layers:
             raise ConfigError(f"architecture: layer {index} ({kind}) needs a unique name; received {layer.name!r}")
         layers[layer.name] = layer
     return layers
 
 
-def _arity_error(layer: str, index: int, count: int):
-    raise ConfigError(f"architecture: node {index} ({layer}) reads {count} tensors; the layer takes one")
+def _sources(entry: Mapping, index: int, layer_name: str, tensors: dict) -> list[SymbolicTensor]:
+    """The tensors a node reads: names of inputs or earlier nodes (so no cycle can be written)."""
+    names = _field(entry, "inputs", f"node {index}")
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"architecture: node {index} ({layer_name}) inputs must be a non-empty list of tensor "
+                          f"names; received {names!r}")
+    for source in names:
+        if not isinstance(source, str) or source not in tensors:
+            raise ConfigError(f"architecture: node {index} ({layer_name}) reads {source!r}, which is not an "
+                              f"input or an earlier node")
+    return [tensors[source] for source in names]
+
+
+def _apply(layer, sources: list[SymbolicTensor], where: str) -> SymbolicTensor:
+    """The layer called on ``sources`` (built as a description); every failure a ConfigError
+    naming the node, and an output too large to compute refused."""
+    if layer.arity is not None and len(sources) != layer.arity:
+        raise ConfigError(f"architecture: {where} reads {len(sources)} tensors; the layer takes {layer.arity}")
+    try:
+        output = layer(sources if layer.arity is None else sources[0])
+    except CnnkitError as error:
+        raise ConfigError(f"architecture: {where}: {error}") from None
+    except (TypeError, ValueError, OverflowError, MemoryError) as error:   # a size no array can have
+        raise ConfigError(f"architecture: {where} cannot be built: {type(error).__name__}: {error}") from None
+    _check_volume(output.shape, where)
+    return output
+
+
+def _shape(value, where: str) -> tuple[int, ...]:
+    """A per-sample shape: a non-empty list of positive ints, of a size cnnkit can compute on."""
+    if not isinstance(value, list) or not value \
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise ConfigError(f"architecture: {where} shape must be a list of positive ints such as [224, 224, 3]; "
+                          f"received {value!r}")
+    _check_volume(value, where)
+    return tuple(value)
+
+
+def _check_volume(shape, where: str) -> None:
+    volume = math.prod(shape)
+    if volume > MAX_VOLUME:
+        raise ConfigError(f"architecture: {where} has shape {tuple(shape)}, {volume:,} numbers per sample, more "
+                          f"than the {MAX_VOLUME:,} cnnkit computes on")
+
+
+def _check_parameters(layers) -> None:
+    total = sum(layer.param_count() for layer in layers if layer.built)
+    if total > MAX_PARAMETERS:
+        raise ConfigError(f"architecture: the layers have {total:,} parameters, more than the {MAX_PARAMETERS:,} "
+                          f"cnnkit builds")
+
+
+def _seed(value) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"architecture: seed must be a non-negative int or null; received {value!r}")
+    return value
+
+
+def _flag(config: Mapping, key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"architecture: {key} must be true or false; received {value!r}")
+    return value
 
 
 def _list(config: Mapping, key: str) -> list:

@@ -60,6 +60,8 @@ class Model:
             if not tensors or not all(isinstance(t, SymbolicTensor) for t in tensors):
                 raise ConfigError(f"{name}: {role} must be symbolic tensors (cnnkit.Input(...) and the results of "
                                   f"calling layers on them); received {tensors!r}")
+        if len({id(t) for t in inputs}) != len(inputs):
+            raise ConfigError(f"{name}: a tensor appears twice among the inputs; list each cnnkit.Input once")
         nodes = trace(inputs, outputs, name)
         self._plan_graph(inputs, outputs, nodes)
         self._draw_weights(np.random.default_rng(seed))
@@ -385,6 +387,7 @@ class Model:
     def from_config(cls, config: Mapping) -> "Model":
         """Build a model from :meth:`get_config` data; no code is run: layer classes come from a
         fixed table (and :func:`cnnkit.register_layer`)."""
+        _require_mapping(config)
         if config.get("class") != "Model" or "nodes" not in config:
             return Sequential.from_config(config)
         from .graph_config import graph_from_config
@@ -504,7 +507,8 @@ class Sequential(Model):
     def from_config(cls, config: Mapping) -> "Model":
         """Build a model from :meth:`get_config` data; no code is run, layer classes come from a fixed table.
         A graph's config (``"class": "Model"``) gives a :class:`Model`."""
-        if isinstance(config, Mapping) and config.get("class") == "Model":
+        _require_mapping(config)
+        if config.get("class") == "Model":
             return Model.from_config(config)
         from .layers import LAYER_CLASSES
         layers = []
@@ -552,6 +556,12 @@ def _state_problems(state: Mapping, shapes: dict[str, tuple[int, ...]], strict: 
         problems += [f"missing keys: {missing}"] if missing else []
         problems += [f"unexpected keys: {unexpected}"] if unexpected else []
     return problems
+
+
+def _require_mapping(config) -> None:
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"architecture: must be a mapping (a JSON object), as get_config gives; received "
+                          f"{type(config).__name__}")
 
 
 def _as_shape(input_shape, model: str) -> tuple[int, ...]:
