@@ -11,8 +11,7 @@ import pytest
 import cnnkit
 from cnnkit.errors import ConfigError
 from cnnkit.graph_config import MAX_PARAMETERS, MAX_VOLUME
-from cnnkit.layers import (Add, BatchNorm2d, Concatenate, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d,
-                           MaxPool2d, ReLU)
+from cnnkit.layers import Add, BatchNorm2d, Concatenate, Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, ReLU
 
 
 def residual_model():
@@ -216,4 +215,3 @@ def test_a_dropout_with_a_bad_seed_is_a_config_error():
     config["layers"].append({"class": "Dropout", "config": {"rate": 0.5, "seed": "x", "name": "drop"}})
     with pytest.raises(ConfigError, match="architecture: layer 11 \\(Dropout\\) has bad arguments"):
         cnnkit.Model.from_config(config)
-    assert Dropout   # the class the config names
