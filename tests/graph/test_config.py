@@ -145,7 +145,9 @@ HOSTILE = {
                        "sample, more than the"),
     "absurd padding": (lambda c: _layer(c, "stem")["config"].update({"padding": 10**12}),
                        "architecture: node 0 \\(stem\\) has shape"),
-    "absurd units": (lambda c: _layer(c, "out")["config"].update({"units": 10**12}),
+    # Dense allocates its bias (lazily zeroed) before any check can see units; a size far past
+    # the machine's memory would make malloc fail, and a failed malloc changes the process's heap
+    "absurd units": (lambda c: _layer(c, "out")["config"].update({"units": 3 * 10**9}),
                      "architecture: node 10 \\(out\\)"),
     "filters a string": (lambda c: _layer(c, "stem")["config"].update({"filters": "4"}),
                          "architecture: node 0 \\(stem\\): stem: filters must be an int; received filters='4'"),
