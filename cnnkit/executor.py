@@ -12,8 +12,11 @@ alone (they hold no flags set by their neighbours):
 - **In place.** A layer that can (``Layer.overwrites_owned``) may overwrite its input
   (``call(owned=True)``) only when the input is
   a fresh output of its producer (``Layer.fresh_output``: not kept in the producer's context),
-  this step is its only reader, and the caller does not want it back. The caller's arrays are
-  never written. Backward likewise hands over a gradient that one consumer made fresh.
+  this step is its only reader in the whole pass, and the caller does not want it back. Being
+  the *last* reader is not enough: an earlier reader may keep the array in its training
+  context (a convolution keeps its input) or may have returned a view of it (``Identity``,
+  ``Flatten``) that a later step reads. The caller's arrays are never written. Backward
+  likewise hands over a gradient that one consumer made fresh.
 - **Fusion.** CONV -> RELU: when a step's output has one reader, a layer that is the
   activation the step can apply (``fused_as`` in ``fusable_activations``), both in the same
   mode and the output is not wanted, the step applies it as it writes (``call(activation=)``)
@@ -127,6 +130,7 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
     order = plan.needed(wanted)
     running = set(order)
     reads = _read_counts(plan, order)
+    only_reader = {tensor for tensor, count in reads.items() if count == 1}
     keep = set(wanted)
     fresh: dict[int, bool] = {}
     adopted: set[int] = set()
@@ -135,7 +139,7 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
             continue
         step = plan.steps[position]
         layer, in_training = step.layer, position in training
-        owned = [fresh.get(t, False) and reads[t] == 1 and t not in keep for t in step.inputs]
+        owned = [fresh.get(t, False) and t in only_reader and t not in keep for t in step.inputs]
         x = [values[t] for t in step.inputs] if layer.arity is None else values[step.inputs[0]]
         hand_over = tuple(owned) if layer.arity is None else owned[0]
         partner = _fusion_partner(plan, step, reads, keep, training, running)
@@ -194,7 +198,8 @@ def run_backward(plan: Plan, tape: Tape, gradients: dict[int, np.ndarray], input
 
     Each context is dropped as its step is passed. ``on_layer_done(layer)`` is called when the
     last step of a layer is done, its parameters' gradients complete (data-parallel training
-    sends them then). The arrays in ``gradients`` are never written.
+    sends them then). The arrays in ``gradients`` are never written, and the input gradients
+    returned share memory with none of them nor with each other.
     """
     pending: dict[int, tuple[np.ndarray, bool]] = {t: (g, False) for t, g in gradients.items()}
     inputs = set(plan.inputs)
@@ -218,7 +223,15 @@ def run_backward(plan: Plan, tape: Tape, gradients: dict[int, np.ndarray], input
         remaining[key] -= 1
         if remaining[key] == 0 and on_layer_done is not None:
             on_layer_done(step.layer)
-    return [pending[t][0] if t in pending and input_gradients else None for t in plan.inputs]
+    return [_handed_over(pending[t]) if t in pending and input_gradients else None for t in plan.inputs]
+
+
+def _handed_over(entry: tuple[np.ndarray, bool]) -> np.ndarray:
+    """An input's gradient as the caller's own array: one nobody else holds is given as it is;
+    otherwise (the caller's output gradient passed on by an ``Add``, or one array for two inputs)
+    a copy, so writing into one result never changes another or the caller's gradient."""
+    gradient, owned = entry
+    return gradient if owned else gradient.copy()
 
 
 def _step_backward(step: Step, context, entry, wants, pending) -> None:

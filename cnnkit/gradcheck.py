@@ -33,30 +33,42 @@ class GradcheckResult:
         return self.max_error < tolerance
 
 
-def gradcheck(target, x: np.ndarray, eps: float = 1e-6, seed: int = 0, max_entries: int | None = None,
+def gradcheck(target, x, eps: float = 1e-6, seed: int = 0, max_entries: int | None = None,
               training: bool = True) -> GradcheckResult:
     """Check ``target.backward`` (a built layer or model) against finite differences at ``x``.
 
-    The scalar checked is ``sum(forward(x) * r)`` for a fixed random ``r``. Parameters are cast
+    The scalar checked is ``sum(forward(x) * r)`` for a fixed random ``r`` (summed over the
+    outputs of a model with several). ``x`` is an array, or a list of arrays for a model with
+    several inputs (each input's gradient is then checked as ``input[i]``). Parameters are cast
     to float64 for the check and restored afterwards. ``max_entries`` limits how many entries of
     each array are perturbed (chosen at random), for large layers.
     """
     params = target.parameters()
     saved = {name: param.value for name, param in params.items()}
     rng = np.random.default_rng(seed)
+    several_in = isinstance(x, (list, tuple))
+    xs = [np.array(v, np.float64) for v in x] if several_in else [np.array(x, np.float64)]
+    argument = xs if several_in else xs[0]
     try:
         for param in params.values():
             param.value = param.value.astype(np.float64)
-        x = np.asarray(x, np.float64)
-        probe = rng.standard_normal(target.forward(x, training=training).shape)
+        outputs = target.forward(argument, training=training)
+        several_out = isinstance(outputs, (list, tuple))
+        probes = [rng.standard_normal(y.shape) for y in (outputs if several_out else [outputs])]
 
         def loss() -> float:
-            return float(np.sum(target.forward(x, training=training) * probe))
+            ys = target.forward(argument, training=training)
+            return float(sum(np.sum(y * r) for y, r in zip(ys if several_out else [ys], probes)))
 
         target.zero_grad()
-        target.forward(x, training=training)
-        dx = target.backward(probe.copy())
-        errors = {"input": _compare(dx, _numeric(loss, x, eps, max_entries, rng))}
+        target.forward(argument, training=training)
+        dxs = target.backward([r.copy() for r in probes] if several_out else probes[0].copy())
+        dxs = list(dxs) if several_in else [dxs]
+        errors = {}
+        for index, (array, dx) in enumerate(zip(xs, dxs)):
+            analytic = np.zeros_like(array) if dx is None else dx   # an input no gradient reaches
+            errors[f"input[{index}]" if several_in else "input"] = _compare(
+                analytic, _numeric(loss, array, eps, max_entries, rng))
         for name, param in params.items():
             if param.trainable:
                 analytic = np.zeros_like(param.value) if param.grad is None else param.grad

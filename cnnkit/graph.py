@@ -14,6 +14,7 @@ from the model's seed, in the order of its nodes.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from .errors import ConfigError, ShapeError
@@ -50,14 +51,21 @@ class Node:
 def Input(shape: Sequence[int], name: str | None = None) -> SymbolicTensor:   # noqa: N802 (Keras's name)
     """A model input: one sample's shape, e.g. ``(224, 224, 3)`` for an image, channels last."""
     try:
-        dims = tuple(int(v) for v in shape)
-    except (TypeError, ValueError):
+        dims = tuple(_size(v) for v in shape)
+    except TypeError:
         raise ShapeError(f"Input: shape must be a tuple of ints such as (224, 224, 3); received {shape!r}") from None
     if not dims or any(v < 1 for v in dims):
         raise ShapeError(f"Input: shape must be positive sizes such as (224, 224, 3); received {shape!r}")
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"Input: name must be a string; received name={name!r}")
     return SymbolicTensor(dims, None, name)
+
+
+def _size(value) -> int:
+    """A size given as an int (NumPy's too): a float, a string or a bool is not quietly converted."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a size")
+    return operator.index(value)
 
 
 def is_symbolic(x) -> bool:

@@ -17,7 +17,7 @@ from .executor import Plan, Step, Tape, run_backward, run_forward
 from .graph import Input, Node, SymbolicTensor, connect, trace
 from .graph_config import GRAPH_FORMAT, graph_from_config
 from .layers import LAYER_CLASSES
-from .layers.base import Layer, as_compute_dtype
+from .layers.base import Layer, as_compute_dtype, check_grad_dtype
 from .model_file import TrainingCheckpoint, save_model
 from .ops.runtime import entry_point
 from .parameter import Parameter, describing_only
@@ -62,6 +62,8 @@ class Model:
             if not tensors or not all(isinstance(t, SymbolicTensor) for t in tensors):
                 raise ConfigError(f"{name}: {role} must be symbolic tensors (cnnkit.Input(...) and the results of "
                                   f"calling layers on them); received {tensors!r}")
+        if len({id(t) for t in inputs}) != len(inputs):
+            raise ConfigError(f"{name}: a tensor appears twice among the inputs; list each cnnkit.Input once")
         nodes = trace(inputs, outputs, name)
         self._plan_graph(inputs, outputs, nodes)
         self._draw_weights(np.random.default_rng(seed))
@@ -209,6 +211,8 @@ class Model:
         steps = frozenset(range(len(self.plan.steps))) if training else frozenset()
         outputs = run_forward(self.plan, self._arrays(x), self.plan.outputs, steps, tape)
         self._tape = tape
+        #: what backward's gradients must match, one (shape, dtype) per output
+        self._expected_grads = [(y.shape, y.dtype) for y in outputs] if training else None
         return self._result(outputs, self._multi_output)
 
     __call__ = forward
@@ -219,15 +223,28 @@ class Model:
         forward; add parameter gradients into ``Parameter.grad``; return the input's gradient."""
         if self._tape is None:
             raise ShapeError(f"{self.name}: backward called without a forward(x, training=True) before it")
+        if self._multi_output and not isinstance(dloss, (list, tuple)):
+            raise ShapeError(f"{self.name}: backward expects a list of {len(self.plan.outputs)} gradients, one per "
+                             f"output (None for an output without loss); received {type(dloss).__name__}")
         grads = list(dloss) if self._multi_output else [dloss]
         if len(grads) != len(self.plan.outputs):
             raise ShapeError(f"{self.name}: expected {len(self.plan.outputs)} output gradients; received {len(grads)}")
         gradients: dict[int, np.ndarray] = {}
-        for tensor, grad in zip(self.plan.outputs, grads):
+        for tensor, grad, expected in zip(self.plan.outputs, grads, self._expected_grads):
             if grad is not None:
+                self._check_output_grad(tensor, grad, *expected)
                 gradients[tensor] = grad if tensor not in gradients else gradients[tensor] + grad
         tape, self._tape = self._tape, None
         return self._result(run_backward(self.plan, tape, gradients), self._multi_input)
+
+    def _check_output_grad(self, tensor: int, grad, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Refuse a gradient that is not an array of the forward output's shape and dtype."""
+        node = self._names[tensor]
+        if not isinstance(grad, np.ndarray) or grad.shape != shape:
+            received = getattr(grad, "shape", type(grad).__name__)
+            raise ShapeError(f"{node}: backward expected a gradient of shape {shape} (the output of the last "
+                             f"forward, an output of {self.name}); received {received}")
+        check_grad_dtype(grad, dtype, node)
 
     def predict(self, x, batch_size: int = 32):
         """Inference over ``x`` in batches of ``batch_size`` (no contexts are kept)."""
@@ -376,6 +393,7 @@ class Model:
     def from_config(cls, config: Mapping) -> "Model":
         """Build a model from :meth:`get_config` data; no code is run: layer classes come from a
         fixed table (and :func:`cnnkit.register_layer`)."""
+        _require_mapping(config)
         if config.get("class") != "Model":
             return Sequential.from_config(config)
         inputs, outputs, options = graph_from_config(config)
@@ -502,7 +520,8 @@ class Sequential(Model):
     def from_config(cls, config: Mapping) -> "Model":
         """Build a model from :meth:`get_config` data; no code is run, layer classes come from a fixed table.
         A graph's config (``"class": "Model"``) gives a :class:`Model`."""
-        if isinstance(config, Mapping) and config.get("class") == "Model":
+        _require_mapping(config)
+        if config.get("class") == "Model":
             return Model.from_config(config)
         layers = []
         for index, entry in enumerate(config.get("layers", [])):
@@ -550,6 +569,12 @@ def _state_problems(state: Mapping, shapes: dict[str, tuple[int, ...]], strict: 
         problems += [f"missing keys: {missing}"] if missing else []
         problems += [f"unexpected keys: {unexpected}"] if unexpected else []
     return problems
+
+
+def _require_mapping(config) -> None:
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"architecture: must be a mapping (a JSON object), as get_config gives; received "
+                          f"{type(config).__name__}")
 
 
 def _as_shape(input_shape, model: str) -> tuple[int, ...]:

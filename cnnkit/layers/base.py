@@ -143,10 +143,18 @@ class Layer(ABC):
         itself and never uses this slot)."""
         y, context = self.call(x, training)
         self._cache = context if training else None
+        #: what the gradient of the next backward must be: this output's (shape, dtype)
+        self._output_spec = (y.shape, y.dtype) if training else None
         return y
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        """The input gradient for the last :meth:`forward` in training mode (which it frees)."""
+        """The input gradient for the last :meth:`forward` in training mode (which it frees).
+
+        ``dy`` must have the shape and dtype of that forward's output (checked before the context
+        is taken, so a corrected call can follow)."""
+        spec = getattr(self, "_output_spec", None)   # None: a layer that overrides forward
+        if spec is not None:
+            self.check_grad(dy, *spec)
         context = self.take_cache()
         if self.skips_input_grad:
             return self.call_backward(dy, context, need_input_grad=need_input_grad)
@@ -188,12 +196,14 @@ class Layer(ABC):
                              f"pass at least one sample")
         return as_compute_dtype(x, self.label)
 
-    def check_grad(self, dy: np.ndarray, expected: tuple[int, ...]) -> None:
-        """Raise :class:`ShapeError` unless the gradient ``dy`` has the shape of the last forward's output."""
+    def check_grad(self, dy: np.ndarray, expected: tuple[int, ...], dtype: np.dtype | None = None) -> None:
+        """Raise :class:`ShapeError` unless the gradient ``dy`` has the shape of the last forward's
+        output and is float32 or float64 (``dtype`` when given: the output's own dtype)."""
         if not isinstance(dy, np.ndarray) or dy.shape != tuple(expected):
             received = getattr(dy, "shape", type(dy).__name__)
             raise ShapeError(f"{self.label}: backward expected a gradient of shape {tuple(expected)} "
                              f"(the output of the last forward); received {received}")
+        check_grad_dtype(dy, dtype, self.label)
 
     def take_cache(self):
         """Return and forget the context the last training :meth:`forward` kept (backward frees it)."""
@@ -326,6 +336,22 @@ def as_compute_dtype(x: np.ndarray, label: str) -> np.ndarray:
     raise ShapeError(f"{label}: cannot compute on an input of dtype {x.dtype}; cnnkit layers compute in "
                      f"float32 or float64 (integer images are converted to float32); convert it first, "
                      f"e.g. x.astype(np.float32)")
+
+
+def check_grad_dtype(dy, expected: np.dtype | None, label: str) -> None:
+    """Raise :class:`ShapeError` unless the gradient ``dy`` is float32 or float64 and, when
+    ``expected`` is given, of that dtype (the forward output's). Arrays of other types are left
+    to the shape check. A dtype comparison or two: cheap enough for every backward."""
+    dtype = getattr(dy, "dtype", None)
+    if not isinstance(dy, np.ndarray) or (dtype == expected and expected is not None):
+        return
+    if dtype not in COMPUTE_DTYPES:
+        raise ShapeError(f"{label}: backward received a gradient of dtype {dtype}; gradients are float32 or "
+                         f"float64, the dtype of the forward's output; convert it, e.g. dy.astype(y.dtype)")
+    if expected is not None:
+        raise ShapeError(f"{label}: backward received a gradient of dtype {dtype}, but the output of the last "
+                         f"forward is {np.dtype(expected)}; pass the gradient in the output's dtype, "
+                         f"e.g. dy.astype(y.dtype)")
 
 
 def _checked_trainable(trainable, label: str) -> bool | dict[str, bool]:

@@ -70,18 +70,21 @@ class Add(Merge):
         self._refuse_activation(activation)
         xs = self.check_inputs(xs)
         owned = _owned_flags(owned, len(xs))
-        # sum into an input handed over, when there is one: no new volume
-        first = next((i for i, flag in enumerate(owned) if flag), None)
+        dtype = np.result_type(*xs)
+        # sum into an input handed over, when there is one already in the sum's dtype: no new
+        # volume, and the output's dtype does not depend on what the executor handed over
+        first = next((i for i, flag in enumerate(owned) if flag and xs[i].dtype == dtype), None)
         y = xs[first] if first is not None else xs[0] + xs[1]
         for index, x in enumerate(xs):
             if index == first or (first is None and index < 2):
                 continue
             y += x
-        return y, (len(xs) if training else None)
+        return y, (_input_record(xs) if training else None)
 
     def call_backward(self, dy, context, *, owned: bool = False, need_input_grad: bool = True):
-        self.check_grad(dy, (dy.shape[0], *self.output_shape))
-        return [dy] * context
+        batch, dtypes = context
+        self.check_grad(dy, (batch, *self.output_shape))
+        return _in_input_dtypes([dy] * len(dtypes), dtypes)
 
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
         # sums into an input handed over; every input's gradient is the output's
@@ -109,7 +112,7 @@ class Multiply(Merge):
                 if other != index:
                     grad *= x
             grads.append(grad)
-        return grads
+        return _in_input_dtypes(grads, [x.dtype for x in xs])
 
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
         return CallMemory(keeps_input=True)
@@ -145,14 +148,15 @@ class Concatenate(Merge):
         xs = self.check_inputs(xs)
         axis = self.axis % len(self.output_shape) + 1
         y = np.concatenate(xs, axis=axis)
-        return y, ([x.shape[axis] for x in xs] if training else None)
+        return y, (([x.shape[axis] for x in xs], _input_record(xs)) if training else None)
 
     def call_backward(self, dy, context, *, owned: bool = False, need_input_grad: bool = True):
-        self.check_grad(dy, (dy.shape[0], *self.output_shape))
+        sizes, (batch, dtypes) = context
+        self.check_grad(dy, (batch, *self.output_shape))
         axis = self.axis % len(self.output_shape) + 1
-        bounds = np.cumsum(context)[:-1]
+        bounds = np.cumsum(sizes)[:-1]
         # views of dy: nothing is copied, and the executor sees they are not fresh
-        return np.split(dy, bounds, axis=axis)
+        return _in_input_dtypes(np.split(dy, bounds, axis=axis), dtypes)
 
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
         return CallMemory(grad_is_view=True)
@@ -174,6 +178,16 @@ class Identity(Layer):
 
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
         return CallMemory(output_is_input=True, grad_is_view=True)
+
+
+def _input_record(xs: list[np.ndarray]) -> tuple[int, tuple[np.dtype, ...]]:
+    """What a merge's backward checks and casts by: the batch and each input's dtype."""
+    return xs[0].shape[0], tuple(x.dtype for x in xs)
+
+
+def _in_input_dtypes(grads: list[np.ndarray], dtypes) -> list[np.ndarray]:
+    """Each input's gradient in that input's dtype (inputs of mixed dtypes merge in the wider one)."""
+    return [grad if grad.dtype == dtype else grad.astype(dtype) for grad, dtype in zip(grads, dtypes)]
 
 
 def _owned_flags(owned, count: int) -> tuple[bool, ...]:
