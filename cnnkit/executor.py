@@ -129,7 +129,7 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
             raise ShapeError(f"tensor {tensor} is not computed by this model")
     order = plan.needed(wanted)
     running = set(order)
-    reads = _read_counts(plan, order)
+    reads = read_counts(plan, order)
     only_reader = {tensor for tensor, count in reads.items() if count == 1}
     keep = set(wanted)
     fresh: dict[int, bool] = {}
@@ -139,10 +139,10 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
             continue
         step = plan.steps[position]
         layer, in_training = step.layer, position in training
-        owned = [fresh.get(t, False) and t in only_reader and t not in keep for t in step.inputs]
+        owned = handed_over(step, fresh, only_reader, keep)
         x = [values[t] for t in step.inputs] if layer.arity is None else values[step.inputs[0]]
         hand_over = tuple(owned) if layer.arity is None else owned[0]
-        partner = _fusion_partner(plan, step, reads, keep, training, running)
+        partner = fusion_partner(plan, step, reads, keep, training, running)
         options = {"owned": hand_over} if layer.overwrites_owned else {}
         if partner is not None:
             y, context = layer.call(x, in_training, activation=partner.layer.fused_as, **options)
@@ -168,7 +168,8 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
     return [values[t] for t in wanted]
 
 
-def _read_counts(plan: Plan, order: list[int]) -> dict[int, int]:
+def read_counts(plan: Plan, order: list[int]) -> dict[int, int]:
+    """How many times the steps at ``order`` read each tensor."""
     reads: dict[int, int] = {}
     for position in order:
         for tensor in plan.steps[position].inputs:
@@ -176,9 +177,18 @@ def _read_counts(plan: Plan, order: list[int]) -> dict[int, int]:
     return reads
 
 
-def _fusion_partner(plan: Plan, step: Step, reads: dict[int, int], keep: set[int], training,
-                    running: set[int]) -> Step | None:
-    """The activation step that ``step`` can compute as it writes its output, or None."""
+def handed_over(step: Step, fresh: dict[int, bool], only_reader: set[int], keep: set[int]) -> list[bool]:
+    """Per input of ``step``: may the layer overwrite it? Only a fresh output of its producer
+    (not kept in the producer's context) that this step alone reads in the whole pass, and that
+    the caller does not want back."""
+    return [fresh.get(t, False) and t in only_reader and t not in keep for t in step.inputs]
+
+
+def fusion_partner(plan: Plan, step: Step, reads: dict[int, int], keep: set[int], training,
+                   running: set[int]) -> Step | None:
+    """The activation step that ``step`` can compute as it writes its output, or None: its
+    output's one remaining reader, an activation the step can apply, in the same mode, and the
+    output not wanted by the caller."""
     activations = step.layer.fusable_activations
     if not activations or reads.get(step.output, 0) != 1 or step.output in keep:
         return None

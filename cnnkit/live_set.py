@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .arithmetic import float32_bytes
-from .executor import Plan, Step
+from .executor import Plan, Step, fusion_partner, handed_over, read_counts
 
 
 @dataclass(frozen=True)
@@ -120,10 +120,8 @@ def _walk_forward(plan: Plan, sizes: dict[int, int], wanted: Sequence[int], trai
     walk = _Forward(values={t: buffers.new(_bytes(sizes[t], batch)) for t in plan.inputs})
     order = plan.needed(wanted)
     running, keep = set(order), set(wanted)
-    reads: dict[int, int] = {}
-    for position in order:
-        for tensor in plan.steps[position].inputs:
-            reads[tensor] = reads.get(tensor, 0) + 1
+    reads = read_counts(plan, order)
+    only_reader = {tensor for tensor, count in reads.items() if count == 1}
     fresh: dict[int, bool] = {}
     applied: set[int] = set()   # activation steps their producer computed
     for position in order:
@@ -131,8 +129,8 @@ def _walk_forward(plan: Plan, sizes: dict[int, int], wanted: Sequence[int], trai
             continue
         step = plan.steps[position]
         in_training = position in training
-        owned = [fresh.get(t, False) and reads[t] == 1 and t not in keep for t in step.inputs]
-        partner = _fusion_partner(plan, step, reads, keep, training, running)
+        owned = handed_over(step, fresh, only_reader, keep)
+        partner = fusion_partner(plan, step, reads, keep, training, running)
         memory = step.layer.call_memory(tuple(owned) if step.layer.arity is None else owned[0], in_training)
         output = partner.output if partner is not None else step.output
         if memory.output_is_input:
@@ -167,20 +165,6 @@ def _context(step: Step, memory, output: int, fused: bool, walk: _Forward, batch
     if memory.keeps_bytes:
         held.append(buffers.new(memory.keeps_bytes * batch))
     return held
-
-
-def _fusion_partner(plan: Plan, step: Step, reads: dict[int, int], keep: set[int], training,
-                    running: set[int]) -> Step | None:
-    """The activation step that ``step`` computes as it writes its output (the executor's rule)."""
-    activations = step.layer.fusable_activations
-    if not activations or reads.get(step.output, 0) != 1 or step.output in keep:
-        return None
-    reader = next(p for p in plan.readers[step.output] if p in running)
-    partner = plan.steps[reader]
-    if partner.layer.arity != 1 or partner.layer.fused_as not in activations \
-            or (reader in training) != (step.position in training):
-        return None
-    return partner
 
 
 def _step_backward(plan: Plan, step: Step, walk: _Forward, pending: dict, on_tape: set[int], remaining: dict,
