@@ -179,6 +179,7 @@ def evaluate(model, data, batch_size: int = 256, prefix: str = "", distributed: 
     With ``distributed`` each process evaluates a consecutive share of ``data`` and the sums are
     added over the processes: every process returns the numbers of the whole data.
     """
+    require_one_output(model, "evaluate")
     dataset = as_dataset(data, "data")
     if len(dataset) == 0:
         raise DataError("evaluate: the data is empty (0 examples); a loss and an accuracy need at least one")
@@ -234,6 +235,7 @@ def fit(model, train, epochs: int = 1, batch_size: int = 32, optimizer: Optimize
     """
     train_data = _non_empty(as_dataset(train, "train"), "train")
     val_data = _non_empty(as_dataset(validation, "validation"), "validation") if validation is not None else None
+    require_one_output(model, "fit")
     _check_fit_arguments(epochs, batch_size, verbose, distributed, checkpoints)
     root = distributed is None or distributed.is_root
     if not root:   # one process speaks and writes: rank 0
@@ -379,6 +381,15 @@ def _non_empty(dataset: Dataset, argument: str) -> Dataset:
     if len(dataset) == 0:
         raise DataError(f"fit: the {argument} data is empty (0 examples); give it at least one example")
     return dataset
+
+
+def require_one_output(model, what: str) -> None:
+    """``fit`` and ``evaluate`` score one output with one set of labels; a model with several
+    outputs trains with :func:`train_step` and ``loss_weights``."""
+    if len(model.plan.outputs) != 1:
+        raise ConfigError(f"{what}: {model.name} has {len(model.plan.outputs)} outputs, and {what} scores one with "
+                          f"one set of labels; train it with cnnkit.train.train_step(model, optimizer, x, "
+                          f"[y1, y2, ...], loss_weights=[...]) in a loop of your own")
 
 
 def _check_fit_arguments(epochs, batch_size, verbose, distributed, checkpoints) -> None:

@@ -150,3 +150,14 @@ def test_a_model_input_can_be_an_output_too():
     g = np.ones((2, 2), np.float32)
     dx = model.backward([np.ones((2, 3), np.float32), g])
     np.testing.assert_allclose(dx, 1 + g @ weight.T, rtol=1e-6)
+
+
+def test_fit_and_evaluate_say_how_to_train_a_model_with_two_outputs():
+    image = cnnkit.Input((4, 4, 1))
+    flat = Flatten()(image)
+    model = cnnkit.Model(image, [Dense(3)(flat), Dense(2)(flat)], name="two_heads")
+    data = (np.zeros((4, 4, 4, 1), np.float32), np.zeros(4, int))
+    for run in (lambda: model.fit(data, verbose=0), lambda: model.evaluate(data)):
+        with pytest.raises(cnnkit.ConfigError, match=r"two_heads has 2 outputs, .* train_step\(model, optimizer, x, "
+                                              r"\[y1, y2, \.\.\.\], loss_weights"):
+            run()
