@@ -86,7 +86,7 @@ def hint(state: dict, model, wrong_shapes: bool, top_missing: bool) -> str:
                 "variants); cnnkit builds torchvision's ResNet (downsample.0 convolution, downsample.1 norm)")
     in_file, in_model = _depth(state), _depth({f"{name}.weight": None for name in model.layer_names()})
     if in_file != in_model:
-        return (f"The file holds {_name(in_file)}; {model.name} is {_name(in_model)}: build the architecture "
+        return (f"The file holds {_name(in_file)}; the model is {_name(in_model)}: build the architecture "
                 f"the weights were trained as")
     if wrong_shapes:
         classes = _file_classes(state, model)

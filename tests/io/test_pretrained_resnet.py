@@ -120,7 +120,8 @@ def test_another_depth_is_named(tmp_path):
         build(18, width=0.125, weights=path)
     message = str(error.value)
     assert "unexpected keys" in message and "layer3.5.conv1.weight" in message
-    assert "The file holds resnet34 (basic blocks (3, 4, 6, 3)); resnet18 is resnet18" in message
+    assert "The file holds resnet34 (basic blocks (3, 4, 6, 3)); the model is resnet18 (basic blocks (2, 2, 2, 2))" \
+        in message
 
 
 def test_another_number_of_classes_lists_the_wrong_shapes(tmp_path):
