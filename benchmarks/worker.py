@@ -2,6 +2,9 @@
 
 Run by ``benchmarks/run.py``; never imports both frameworks (their thread pools would fight).
     python -m benchmarks.worker --framework cnnkit --case vgg16_infer_b8 --repeats 5
+    python -m benchmarks.worker --framework torch --case resnet18_train_b32 --repeats 1 --size 32   # a quick check
+
+``--size`` changes the image size of the ResNet cases (224 by default, as timed) to check quickly that one runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ SMALL_BATCH = 128
 #: Training steps run before timing, in both frameworks: the first steps of a process also pay
 #: for growing the heap (fresh pages from the kernel), which a real training run pays once.
 TRAIN_WARMUP = 3
+#: ResNet cases: (depth, training?) by case-name prefix; the batch is the number after "_b"
+RESNET_CASES = {"resnet50_infer": (50, False), "resnet18_train": (18, True)}
+
+
+def resnet_case(case: str) -> tuple[int, bool, int] | None:
+    """``(depth, training, batch)`` of a ResNet case such as ``resnet50_infer_b8``, else None."""
+    prefix, _, batch = case.rpartition("_b")
+    if prefix not in RESNET_CASES or not batch.isdigit():
+        return None
+    return (*RESNET_CASES[prefix], int(batch))
 
 
 def conv_case_name(size: int, cin: int, cout: int) -> str:
@@ -55,11 +68,27 @@ def cnnkit_small_net():
     return Sequential(layers, input_shape=(32, 32, 3))
 
 
-def cnnkit_case(case: str, repeats: int) -> dict:
+def cnnkit_resnet(depth: int, training: bool, batch: int, size: int, repeats: int) -> dict:
     import cnnkit
     from cnnkit.optim import SGD
     from cnnkit.train import train_step
     rng = np.random.default_rng(0)
+    model = getattr(cnnkit.models, f"resnet{depth}")(input_shape=(size, size, 3))
+    x = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    if not training:
+        return {"times": time_calls(lambda: model.forward(x), repeats), "images": batch}
+    y = rng.integers(0, 1000, batch)
+    optimizer = SGD(lr=1e-4, momentum=0.9, params=model.parameters())
+    return {"times": time_calls(lambda: train_step(model, optimizer, x, y), repeats, TRAIN_WARMUP), "images": batch}
+
+
+def cnnkit_case(case: str, repeats: int, image_size: int = 224) -> dict:
+    import cnnkit
+    from cnnkit.optim import SGD
+    from cnnkit.train import train_step
+    rng = np.random.default_rng(0)
+    if resnet_case(case):
+        return cnnkit_resnet(*resnet_case(case), image_size, repeats)
     if case.startswith("vgg16_infer_b"):
         batch = int(case.rsplit("b", 1)[1])
         model = cnnkit.models.vgg16()
@@ -116,10 +145,69 @@ def torch_small_net(nn):
     return nn.Sequential(*layers)
 
 
-def torch_case(case: str, repeats: int) -> dict:
+def torch_resnet(nn, depth: int):
+    """torchvision's ResNet (v1.5) written out in plain modules: torchvision is not a dependency."""
+    counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+    expansion = 1 if depth < 50 else 4
+
+    def conv_bn(cin, cout, kernel, stride=1):
+        return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            if expansion == 1:
+                branch = conv_bn(cin, planes, 3, stride) + [nn.ReLU(inplace=True)] + conv_bn(planes, planes, 3)
+            else:
+                branch = (conv_bn(cin, planes, 1) + [nn.ReLU(inplace=True)] + conv_bn(planes, planes, 3, stride)
+                          + [nn.ReLU(inplace=True)] + conv_bn(planes, planes * 4, 1))
+            self.branch = nn.Sequential(*branch)
+            changes = stride != 1 or cin != planes * expansion
+            self.downsample = nn.Sequential(*conv_bn(cin, planes * expansion, 1, stride)) if changes else None
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.relu(self.branch(x) + shortcut)
+
+    layers, channels = conv_bn(3, 64, 7, 2) + [nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)], 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), counts)):
+        for index in range(blocks):
+            layers.append(Block(channels, planes, 2 if stage > 0 and index == 0 else 1))
+            channels = planes * expansion
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1000)]
+    return nn.Sequential(*layers)
+
+
+def torch_resnet_case(depth: int, training: bool, batch: int, size: int, repeats: int) -> dict:
     import torch
     from torch import nn
     torch.manual_seed(0)
+    model = torch_resnet(nn, depth)
+    x = torch.randn(batch, 3, size, size)
+    if not training:
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                model(x)
+        return {"times": time_calls(infer, repeats), "images": batch}
+    y = torch.randint(0, 1000, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return {"times": time_calls(step, repeats, TRAIN_WARMUP), "images": batch}
+
+
+def torch_case(case: str, repeats: int, image_size: int = 224) -> dict:
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    if resnet_case(case):
+        return torch_resnet_case(*resnet_case(case), image_size, repeats)
     if case.startswith("vgg16_infer_b"):
         batch = int(case.rsplit("b", 1)[1])
         model = torch_vgg16(nn).eval()
@@ -164,9 +252,10 @@ def main() -> None:
     parser.add_argument("--framework", choices=("cnnkit", "torch"), required=True)
     parser.add_argument("--case", required=True)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=224, help="image size of the ResNet cases (224 when timed)")
     args = parser.parse_args()
     run = cnnkit_case if args.framework == "cnnkit" else torch_case
-    result = run(args.case, args.repeats)
+    result = run(args.case, args.repeats, args.size)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 

@@ -19,7 +19,8 @@ MODES = IMAGENET_MODES + PLAIN_MODES
 
 
 def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, width: float = 1.0):
-    """A model to run: a cnnkit model file alone, or a VGG architecture and a weights file of any source."""
+    """A model to run: a cnnkit model file alone, or a VGG or ResNet architecture and a weights file
+    of any source. ``batch_norm`` chooses a VGG's variant (a ResNet always has batch norm)."""
     from pathlib import Path
 
     from .checkpoint import is_cnnkit_file, load
@@ -37,7 +38,13 @@ def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, 
         return load(weights)
     if arch not in PRETRAINED_ARCHS:
         raise ConfigError(f"--arch must be one of {', '.join(PRETRAINED_ARCHS)}; received {arch!r}")
-    return MODELS[arch](weights=weights, batch_norm=batch_norm, width=width)
+    options = {"width": width}
+    if batch_norm:
+        if not arch.startswith("vgg"):
+            raise ConfigError(f"--batch-norm chooses the VGG variant with batch norm; {arch} always has batch "
+                              f"norm: drop --batch-norm")
+        options["batch_norm"] = True
+    return MODELS[arch](weights=weights, **options)
 
 
 def preprocessing_of(model, mode: str | None = None) -> str:
@@ -119,6 +126,22 @@ def classify(model, paths: Sequence[str], top: int = 5, mode: str | None = None,
                 {"rank": rank, "index": int(i), "label": names[i], "probability": float(row[i])}
                 for rank, i in enumerate(order, start=1)]})
     return results
+
+
+def feature_layer(model, layer: str | None = None) -> str:
+    """The node to read features at: ``layer`` when given; else ``fc7`` when the model has it (a
+    VGG), else the node its last ``Dense`` reads (``avgpool`` of a ResNet: the pooled features),
+    else its output."""
+    if layer is not None:
+        return layer
+    names = model.node_names()
+    if "fc7" in names:
+        return "fc7"
+    from .layers import Dense
+    for step in reversed(model.plan.steps):
+        if isinstance(step.layer, Dense):
+            return names[step.inputs[0]]
+    return names[model.plan.outputs[0]]
 
 
 def extract_features(model, paths: Sequence[str], layer: str, mode: str | None = None,

@@ -131,22 +131,24 @@ def _classify(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .classify import extract_features
+    from .classify import extract_features, feature_layer
     from .io import atomic_path
     _check_out_file(args.out)
-    features = extract_features(_load_for_inference(args), args.images, args.layer, mode=args.preprocessing)
+    model = _load_for_inference(args)
+    layer = feature_layer(model, args.layer)
+    features = extract_features(model, args.images, layer, mode=args.preprocessing)
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, features)
     print(f"wrote {args.out}: {features.shape[0]} x {' x '.join(map(str, features.shape[1:]))} "
-          f"features from {args.layer}")
+          f"features from {layer}")
     return 0
 
 
 def _advise(args: argparse.Namespace) -> int:
     from .transfer import advise
     from .classify import load_images, load_model
-    source = load_model(args.weights, args.arch, args.batch_norm)
+    source = load_model(args.weights, args.arch, args.batch_norm, args.width)
     train, _ = load_images(args.data, source, args.seed)
     print(advise(source, train, large_per_class=args.large_per_class, similar_above=args.similar_above,
                  cache_dir=None if args.cache == "none" else args.cache, seed=args.seed).report())
@@ -162,6 +164,7 @@ def _transfer(args: argparse.Namespace) -> int:
         return _launch(args)
     report = transfer_run(args.data, args.weights, arch=args.arch, mode=args.mode, layer=args.layer,
                           epochs=args.epochs, lr=args.lr, out=args.out, seed=args.seed, batch_norm=args.batch_norm,
+                          width=args.width,
                           cache_dir=None if args.cache == "none" else args.cache, verbose=0 if args.quiet else 1,
                           distributed=_join(args))
     if report is None:   # a process other than rank 0: rank 0 reports
@@ -181,6 +184,7 @@ def _add_transfer_options(command: argparse.ArgumentParser) -> None:
                          help="architecture of the weights (omit for a cnnkit model file)")
     command.add_argument("--weights", required=True, help="pretrained weights or a cnnkit model file")
     command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
+    _add_width_option(command)
     command.add_argument("--cache", default="auto",
                          help="feature cache folder; 'auto' is ~/.cache/cnnkit/features, 'none' keeps no cache")
     command.add_argument("--seed", type=int, default=0)
@@ -326,15 +330,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_width_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--width", type=_positive_float, default=1.0,
+                         help="channel width multiplier of the weights' VGG or ResNet (1 for the released "
+                              "weights; e.g. 0.25 for a narrow network trained with cnnkit's width=0.25)")
+
+
 def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
                          help="architecture of the weights (omit for a cnnkit model file)")
     command.add_argument("--weights", required=True, help="torchvision/timm .pth, Keras .h5, safetensors or "
                                                           "cnnkit model file")
     command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
-    command.add_argument("--width", type=_positive_float, default=1.0,
-                         help="channel and fc width multiplier of the weights' VGG (1 for the released "
-                              "weights; e.g. 0.25 for a narrow VGG trained with cnnkit's width=0.25)")
+    _add_width_option(command)
     command.add_argument("--preprocessing", choices=("caffe", "torch", "none", "unit", "digits"), default=None,
                          help="override the preprocessing saved with the model or implied by the weights' "
                               "source (torchvision and timm: torch, Keras: caffe; cnnkit train on a folder: "
@@ -381,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = commands.add_parser("features", help="extract features of photos at a named layer")
     _add_weights_options(features)
-    features.add_argument("--layer", default="fc7", help="layer name, e.g. fc7, pool5, conv4_3")
+    features.add_argument("--layer", default=None,
+                          help="node name, e.g. fc7, pool5, conv4_3 (VGG) or layer3, layer4.1, avgpool (ResNet); "
+                               "default: fc7 of a VGG, the input of the classifier of other networks (avgpool "
+                               "of a ResNet)")
     features.add_argument("--out", required=True, help="output .npy file: one row per image, in the given order")
     features.set_defaults(run=_features)
 

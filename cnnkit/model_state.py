@@ -38,8 +38,9 @@ class ModelState:
         """Make parameters untrainable; return the names of the layers frozen.
 
         ``names`` are layer names or block prefixes (``"conv1"`` freezes ``conv1_1`` and
-        ``conv1_2``; ``"fc6.bias"`` one parameter); ``up_to`` freezes every layer up to and
-        including the named one. With neither, the whole model is frozen.
+        ``conv1_2``; ``"layer1"`` every layer of a ResNet's ``layer1.*``; ``"fc6.bias"`` one
+        parameter); ``up_to`` freezes every layer up to and including the named one. With
+        neither, the whole model is frozen.
         """
         return self._set_trainable(names, up_to, trainable=False)
 
@@ -53,7 +54,7 @@ class ModelState:
         for dotted, param in self.parameters().items():
             if dotted in selected:
                 param.trainable = trainable
-                touched.append(dotted.split(".")[0])
+                touched.append(_layer_of(dotted))
         return list(dict.fromkeys(touched))
 
     def _select(self, names, up_to) -> set[str]:
@@ -63,7 +64,7 @@ class ModelState:
         chosen: set[str] = set()
         if up_to is not None:
             below = {layer.name for layer in self.ancestors(up_to)}
-            chosen |= {name for name in params if name.split(".")[0] in below}
+            chosen |= {name for name in params if _layer_of(name) in below}
         patterns = [names] if isinstance(names, str) else list(names or [])
         for pattern in patterns:
             matched = {name for name in params if _matches(name, pattern)}
@@ -142,7 +143,15 @@ def _state_problems(state: Mapping, shapes: dict[str, tuple[int, ...]], strict: 
     return problems
 
 
+def _layer_of(dotted: str) -> str:
+    """The layer of a parameter's dotted name: everything before the last dot (layer names may
+    hold dots themselves, as torchvision's ``layer1.0.conv1``; local names never do)."""
+    return dotted.rpartition(".")[0]
+
+
 def _matches(dotted: str, pattern: str) -> bool:
-    """Does a parameter name fall under a layer name, block prefix or exact parameter name?"""
-    layer = dotted.split(".")[0]
-    return dotted == pattern or layer == pattern or layer.startswith(pattern + "_")
+    """Does a parameter name fall under a layer name, block prefix or exact parameter name?
+    A block prefix is followed by ``_`` (``conv1`` of ``conv1_1``) or ``.`` (``layer1`` of
+    ``layer1.0.conv1``)."""
+    layer = _layer_of(dotted)
+    return dotted == pattern or layer == pattern or layer.startswith((pattern + "_", pattern + "."))

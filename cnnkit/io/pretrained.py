@@ -1,6 +1,7 @@
-"""Pretrained VGG weights as users have them, mapped onto cnnkit's layer names and layouts.
+"""Pretrained VGG and ResNet weights as users have them, mapped onto cnnkit's layer names and layouts.
 
-Sources, recognised by their keys:
+ResNets (torchvision's layout, timm's ResNets, cnnkit's own) are mapped by
+:mod:`cnnkit.io.resnet_layout`: their keys are cnnkit's names. VGG sources, recognised by their keys:
 
 - ``torchvision``: ``features.N.weight`` (OIHW), ``classifier.{0,3,6}.weight`` (out, in). ``N`` is
   the layer's position in ``features`` (conv, [batch norm], ReLU, ..., max-pool), which is also
@@ -13,7 +14,8 @@ Sources, recognised by their keys:
 - ``cnnkit``: a cnnkit model file or state dict (``conv1_1.weight`` ...), taken as is.
 
 Each source implies its preprocessing: ``torch`` for torchvision and timm, ``caffe`` for Keras
-(whose VGG weights are the original Caffe release).
+(whose VGG weights are the original Caffe release). Bookkeeping keys (``num_batches_tracked``)
+are understood and skipped.
 
 Loading plans one copy per model array (which key of the file, which shape it must have, how
 its layout turns into cnnkit's), checks the whole plan before touching the model, then copies
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
+from . import resnet_layout
 from .keras_h5 import read_keras_h5
 from .safetensors_io import read_safetensors, read_safetensors_metadata
 from .torch_reader import read_torch
@@ -69,8 +72,14 @@ def read_weights(path) -> dict[str, np.ndarray]:
     return read_torch(source)
 
 
-def detect_source(state: dict[str, np.ndarray]) -> str:
-    """Which release a state dict comes from: ``torchvision``, ``timm``, ``keras`` or ``cnnkit``."""
+def detect_source(state: dict[str, np.ndarray], model=None) -> str:
+    """Which release a state dict comes from: ``torchvision``, ``timm``, ``keras`` or ``cnnkit``.
+
+    For a ResNet ``model`` (see :mod:`cnnkit.io.resnet_layout`): ``torchvision`` (timm's ResNets
+    have the same keys and layouts) or ``cnnkit``; without a model, the VGG releases.
+    """
+    if model is not None and resnet_layout.is_resnet(model):
+        return resnet_layout.detect(state, model)
     keys = set(state)
     if any(key.startswith(("pre_logits.", "head.fc.")) for key in keys):
         return "timm"
@@ -81,6 +90,9 @@ def detect_source(state: dict[str, np.ndarray]) -> str:
     if any(key.startswith("conv1_1.") for key in keys):
         return "cnnkit"
     sample = sorted(keys)[:5]
+    if "layer1.0.conv1.weight" in keys:
+        raise WeightsError(f"these are ResNet weights (first keys: {sample}), not VGG weights; build the ResNet "
+                           f"they were trained as, e.g. cnnkit.models.resnet50(weights=path)")
     raise WeightsError(f"cannot tell which VGG release these weights come from (first keys: {sample}); "
                        f"expected torchvision ('features.0.weight'), timm ('pre_logits.fc1.weight'), "
                        f"Keras ('block1_conv1/kernel') or cnnkit ('conv1_1.weight') names")
@@ -103,18 +115,20 @@ def to_cnnkit(state: dict[str, np.ndarray], model, source: str, include_top: boo
 
 
 def load_pretrained(model, path, include_top: bool | None = None) -> str:
-    """Load a VGG weights file into ``model``; return the source detected.
+    """Load a VGG or ResNet weights file into ``model``; return the source detected.
 
     Every key and shape is checked before anything is copied, and all mismatches are reported
-    at once. ``include_top=False`` loads only the convolutional part (the file's fc6-fc8 are
-    ignored and the model's, if any, keep their values); by default the top is loaded when the
-    model has one. Sets ``model.meta["preprocessing"]`` to the mode the weights were trained with.
+    at once. ``include_top=False`` loads only the convolutional part (the file's fc6-fc8, or a
+    ResNet's fc, are ignored and the model's, if any, keep their values); by default the top is
+    loaded when the model has one. Sets ``model.meta["preprocessing"]`` to the mode the weights
+    were trained with.
     """
     state = read_weights(path)
     preprocessing = None
-    if _is_cnnkit_model_file(path):
+    cnnkit_file = _is_cnnkit_model_file(path)
+    if cnnkit_file:
         state, preprocessing = _cnnkit_model_state(path, state)
-    source = detect_source(state)
+    source = "cnnkit" if cnnkit_file else detect_source(state, model)
     top = _has_top(model, include_top)
     plan = _plan(model, source, top)
     try:
@@ -130,7 +144,13 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
 
 
 def _has_top(model, include_top: bool | None) -> bool:
-    return "fc6" in model.layer_names() if include_top is None else include_top
+    if include_top is not None:
+        return include_top
+    return resnet_layout.has_top(model) if resnet_layout.is_resnet(model) else "fc6" in model.layer_names()
+
+
+def _top_layers(model) -> tuple[str, ...]:
+    return resnet_layout.TOP_LAYERS if resnet_layout.is_resnet(model) else TOP
 
 
 def _is_cnnkit_model_file(path) -> bool:
@@ -163,12 +183,17 @@ class _Copy:
 
 
 def _plan(model, source: str, include_top: bool) -> dict[str, _Copy]:
+    resnet, top = resnet_layout.is_resnet(model), _top_layers(model)
     plan = {}
     for name, target in model.state_dict().items():
-        layer, _, local = name.partition(".")
-        if layer in TOP and not include_top:
+        layer, _, local = name.rpartition(".")   # layer names may hold dots (layer1.0.conv1)
+        if layer in top and not include_top:
             continue
-        plan[name] = _copy_for(model, source, layer, local, target.shape)
+        if resnet:
+            key, shape, kind = resnet_layout.resnet_copy(layer, local, target.shape, source)
+            plan[name] = _Copy(key, shape, RELAYOUTS[kind])
+        else:
+            plan[name] = _copy_for(model, source, layer, local, target.shape)
     return plan
 
 
@@ -227,6 +252,10 @@ def _from_out_in(target: np.ndarray, source: np.ndarray) -> None:
     target[...] = source.T
 
 
+RELAYOUTS = {resnet_layout.ASSIGN: _assign, resnet_layout.FROM_OIHW: _from_oihw,
+             resnet_layout.FROM_OUT_IN: _from_out_in}
+
+
 def _from_pointwise(target: np.ndarray, source: np.ndarray) -> None:
     target[...] = source.reshape(source.shape[:2]).T
 
@@ -257,22 +286,33 @@ def _rows_view(target: np.ndarray, h: int, w: int, c: int) -> np.ndarray:
 def _check(state, plan: dict[str, _Copy], model, source: str, include_top: bool) -> None:
     """Raise one WeightsError listing every missing key, unexpected key and wrong shape."""
     wanted = {copy.key for copy in plan.values()}
-    missing = [f"{copy.key} ({name})" for name, copy in plan.items() if copy.key not in state]
-    wrong = [f"{copy.key} ({name}): file {tuple(np.shape(state[copy.key]))}, model needs {copy.shape}"
+    missing = [_named(copy.key, name) for name, copy in plan.items() if copy.key not in state]
+    wrong = [f"{_named(copy.key, name)}: file {tuple(np.shape(state[copy.key]))}, model needs {copy.shape}"
              for name, copy in plan.items()
              if copy.key in state and tuple(np.shape(state[copy.key])) != copy.shape]
-    unexpected = [key for key in state if key not in wanted and not _ignorable(key, source, include_top)]
+    resnet = resnet_layout.is_resnet(model)
+    unexpected = [key for key in state if key not in wanted and not _ignorable(key, source, include_top, resnet)]
     problems = [f"{len(found)} {what}: {', '.join(found)}"
                 for what, found in (("missing keys", missing), ("unexpected keys", unexpected),
                                     ("wrong shapes", wrong)) if found]
     if problems:
-        hint = _hint(state, model, source, bool(wrong), any(name.startswith(TOP) for name in plan
-                                                             if plan[name].key not in state))
+        top_missing = any(name.rpartition(".")[0] in _top_layers(model) for name in plan
+                          if plan[name].key not in state)
+        hint = (resnet_layout.hint(state, model, bool(wrong), top_missing) if resnet
+                else _hint(state, model, source, bool(wrong), top_missing))
         raise WeightsError("; ".join(problems) + (f". {hint}" if hint else ""))
 
 
-def _ignorable(key: str, source: str, include_top: bool) -> bool:
-    return key.endswith("num_batches_tracked") or (not include_top and key.startswith(TOP_PREFIXES[source]))
+def _named(key: str, name: str) -> str:
+    """A file key, with the model's name for it when that differs."""
+    return key if key == name else f"{key} ({name})"
+
+
+def _ignorable(key: str, source: str, include_top: bool, resnet: bool = False) -> bool:
+    if key.endswith("num_batches_tracked"):
+        return True
+    prefixes = resnet_layout.TOP_PREFIXES if resnet else TOP_PREFIXES[source]
+    return not include_top and key.startswith(prefixes)
 
 
 def _hint(state, model, source: str, wrong_shapes: bool, top_missing: bool) -> str:

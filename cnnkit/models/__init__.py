@@ -1,12 +1,18 @@
-"""Architectures, each a function returning a built :class:`cnnkit.Sequential`."""
+"""Architectures, each a function returning a built model: a :class:`cnnkit.Sequential` (VGG, the
+classic networks) or a graph :class:`cnnkit.Model` (ResNet)."""
 
 from .classic import alexnet, allconv, lenet5
+from .resnet import resnet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .vgg import vgg, vgg11, vgg13, vgg16, vgg16c, vgg19, vgg_small
 
 MODELS = {"vgg11": vgg11, "vgg13": vgg13, "vgg16": vgg16, "vgg16c": vgg16c, "vgg19": vgg19,
-          "lenet5": lenet5, "alexnet": alexnet, "allconv": allconv, "vgg_small": vgg_small}
+          "lenet5": lenet5, "alexnet": alexnet, "allconv": allconv, "vgg_small": vgg_small,
+          "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
+          "resnet152": resnet152}
 
 #: The architectures that released pretrained weights load into (by cnnkit.io.load_pretrained).
-PRETRAINED_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg16c", "vgg19")
+PRETRAINED_ARCHS = ("vgg11", "vgg13", "vgg16", "vgg16c", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
+                    "resnet152")
 
-__all__ = ["PRETRAINED_ARCHS", "vgg", "vgg11", "vgg13", "vgg16", "vgg16c", "vgg19", "lenet5", "alexnet", "allconv", "vgg_small", "MODELS"]
+__all__ = ["MODELS", "PRETRAINED_ARCHS", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+           "vgg", "vgg11", "vgg13", "vgg16", "vgg16c", "vgg19", "lenet5", "alexnet", "allconv", "vgg_small"]

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..layers import (BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d,
                       ReLU, Softmax)
 from ..model import Sequential
+from .options import check_options, check_weights_allocated, scaled
 
 # Per block: the kernel size of each convolution (3, or 1 for config C's 1x1 layers).
 # Channels per block are 64, 128, 256, 512, 512 in every configuration.
@@ -21,8 +22,6 @@ VGG_CONFIGS = {
     "E": ((3, 3), (3, 3), (3, 3, 3, 3), (3, 3, 3, 3), (3, 3, 3, 3)),
 }
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)
-POOLINGS = (None, "avg", "max")
-CLASSIFIER_ACTIVATIONS = ("softmax", None)
 
 
 def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_classes: int = 1000,
@@ -47,10 +46,8 @@ def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_cla
     """
     if config not in VGG_CONFIGS:
         raise ConfigError(f"vgg: config must be one of {sorted(VGG_CONFIGS)}; received config={config!r}")
-    _check_options(include_top, pooling, classifier_activation, width)
-    if weights is not None and not allocate:
-        raise ConfigError(f"vgg: weights={weights!r} need the weights allocated; received allocate=False "
-                          f"(a description only); drop one of them")
+    check_options("vgg", include_top, pooling, classifier_activation, width)
+    check_weights_allocated("vgg", weights, allocate)
     layers = _features(VGG_CONFIGS[config], batch_norm, width)
     if include_top:
         layers += _classifier(num_classes, classifier_activation, width, dropout)
@@ -65,26 +62,10 @@ def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_cla
     return model
 
 
-def _check_options(include_top, pooling, classifier_activation, width) -> None:
-    if pooling not in POOLINGS:
-        raise ConfigError(f"vgg: pooling must be one of {POOLINGS}; received pooling={pooling!r}")
-    if include_top and pooling is not None:
-        raise ConfigError(f"vgg: pooling={pooling!r} applies only with include_top=False")
-    if classifier_activation not in CLASSIFIER_ACTIVATIONS:
-        raise ConfigError(f"vgg: classifier_activation must be one of {CLASSIFIER_ACTIVATIONS}; "
-                          f"received classifier_activation={classifier_activation!r}")
-    if not isinstance(width, (int, float)) or width <= 0:
-        raise ConfigError(f"vgg: width must be a positive number; received width={width!r}")
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
-
-
 def _features(blocks, batch_norm: bool, width: float) -> list:
     layers = []
     for block, kernels in enumerate(blocks, start=1):
-        channels = _scaled(BLOCK_CHANNELS[block - 1], width)
+        channels = scaled(BLOCK_CHANNELS[block - 1], width)
         for index, kernel in enumerate(kernels, start=1):
             tag = f"{block}_{index}"
             layers.append(Conv2d(channels, kernel, padding=kernel // 2, name=f"conv{tag}"))
@@ -96,7 +77,7 @@ def _features(blocks, batch_norm: bool, width: float) -> list:
 
 
 def _classifier(num_classes: int, activation: str | None, width: float, dropout: float) -> list:
-    hidden = _scaled(4096, width)
+    hidden = scaled(4096, width)
     layers = [Flatten(name="flatten"),
               Dense(hidden, name="fc6"), ReLU(name="relu6"), Dropout(dropout, name="drop6"),
               Dense(hidden, name="fc7"), ReLU(name="relu7"), Dropout(dropout, name="drop7"),

@@ -17,18 +17,20 @@ MODES = ("features", "finetune", "scratch", "auto")
 
 def transfer_run(data: str, weights: str, arch: str | None = None, mode: str = "auto", layer: str | None = None,
                  epochs: int = 10, lr: float = 0.01, out: str = "runs/transfer", seed: int = 0,
-                 batch_norm: bool = False, cache_dir="auto", verbose: int = 0, distributed=None) -> dict | None:
+                 batch_norm: bool = False, cache_dir="auto", verbose: int = 0, distributed=None,
+                 width: float = 1.0) -> dict | None:
     """Train ``mode`` (``auto``: the advisor's choice) and write ``out/model.safetensors`` and ``report.json``.
 
     ``distributed`` (:class:`cnnkit.distributed.MPI`) trains ``finetune`` and ``scratch`` data-parallel;
-    rank 0 alone writes and returns the report, the others return None.
+    rank 0 alone writes and returns the report, the others return None. ``arch``, ``batch_norm``
+    and ``width`` describe the network of ``weights`` (see :func:`cnnkit.classify.load_model`).
     """
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}; received {mode!r}")
     if distributed is not None and mode not in ("finetune", "scratch"):
         raise ConfigError(f"--mode {mode} does not train data-parallel over several processes; use --mode "
                           f"finetune or scratch with them, or run --mode {mode} as one process")
-    source = load_model(weights, arch, batch_norm)
+    source = load_model(weights, arch, batch_norm, width)
     train, test = load_images(data, source, seed)
     advice = None
     if mode == "auto":
