@@ -177,7 +177,7 @@ def test_fused_relu_matches_torch():
 
 
 def test_fused_relu_is_configured_like_keras_and_protects_its_output():
-    with pytest.raises(ConfigError, match=r"^conv1: activation must be one of \(None, 'relu'\); received "
+    with pytest.raises(ConfigError, match=r"^conv1: activation must be one of \(None, 'relu', 'relu6'\); received "
                                           r"activation='tanh'; put other activations in a layer of their own$"):
         Conv2d(4, 3, activation="tanh", name="conv1").build((6, 5, 3))
     model = cnnkit.Sequential([Conv2d(4, 3, padding=1, activation="relu"), Sigmoid()], input_shape=(6, 5, 3))
