@@ -158,6 +158,31 @@ def windows_2d(in_sizes: tuple[int, int], kernel_size, stride, padding: PaddingS
                     for axis, (size, k, s, d) in enumerate(zip(in_sizes, kernel, strides, dilations)))
 
 
+def zero_padding(padding, layer: str) -> Geometry:
+    """The windows of a zero-padding layer (Keras's ``ZeroPadding2D``) as a :class:`Geometry` of
+    1x1, stride-1 windows that only pad: ``padding`` an int (every side), a pair ``(pad_h, pad_w)``
+    (each axis on both sides) or ``((top, bottom), (left, right))``, every amount an int >= 0.
+    The output is ``(H + top + bottom, W + left + right)``; the receptive field moves by ``top``/``left``.
+    """
+    if _is_count(padding):
+        sides = ((padding, padding), (padding, padding))
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(map(_is_count, padding)):
+        sides = ((padding[0], padding[0]), (padding[1], padding[1]))
+    elif (isinstance(padding, (tuple, list)) and len(padding) == 2
+          and all(isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_count, pair))
+                  for pair in padding)):
+        sides = tuple(tuple(pair) for pair in padding)
+    else:
+        raise ConfigError(f"{layer}: padding must be an int, a pair (pad_h, pad_w) or a pair of pairs "
+                          f"((top, bottom), (left, right)), every amount an int >= 0; received padding={padding!r}")
+    return Geometry(Window(1, 1, int(before), int(after)) for before, after in sides)
+
+
+def _is_count(value) -> bool:
+    """An int >= 0 that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_name: str = "H",
                        strict: bool = False) -> int:
     """Output size along one axis; raise :class:`ConfigError` when the window cannot fit.
@@ -227,6 +252,12 @@ def _tap_rows(in_size: int, window: Window, tap: int) -> list[int]:
 def conv_params(filters: int, kernel: tuple[int, int], in_channels: int, bias: bool = True) -> int:
     """Learnable parameters of a convolution: ``N*K*K*C + N`` (without bias ``N*K*K*C``)."""
     return filters * kernel[0] * kernel[1] * in_channels + (filters if bias else 0)
+
+
+def depthwise_params(kernel: tuple[int, int], in_channels: int, multiplier: int, bias: bool = True) -> int:
+    """Learnable parameters of a depthwise convolution: ``K*K*C*M + C*M`` (M filters per channel),
+    which is :func:`conv_params` of ``N = C*M`` filters over one channel each (groups = C)."""
+    return conv_params(in_channels * multiplier, kernel, 1, bias)
 
 
 def dense_params(in_features: int, units: int, bias: bool = True) -> int:

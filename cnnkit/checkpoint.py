@@ -24,7 +24,7 @@ from .errors import CnnkitError, WeightsError
 from .graph_config import parse_graph
 from .io import read_safetensors, read_safetensors_metadata  # noqa: F401 (read_safetensors_metadata: older imports)
 from .io.safetensors_io import read_safetensors_shapes
-from .layers import BatchNorm2d, Conv2d, Dense, PReLU
+from .layers import BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, PReLU
 from .model import Model, Sequential
 from .model_file import (FORMAT_VERSION, MODEL_FORMAT, TRAINING_FORMAT, TrainingCheckpoint,  # noqa: F401
                          architecture, cnnkit_metadata, is_cnnkit_file, load_training_checkpoint,
@@ -162,25 +162,31 @@ def _planned_layer(layer, shape, strict: bool) -> tuple[int, tuple[int, ...]] | 
     parameters are placeholders that hold no numbers. None means a hyper-parameter is not a
     positive int, which the real build reports.
     """
-    if not isinstance(layer, (Conv2d, Dense, BatchNorm2d, PReLU)):
+    if not isinstance(layer, (Conv2d, DepthwiseConv2d, Dense, BatchNorm2d, PReLU)):
         with describing_only():
             output = layer.build(shape, None, strict=strict)
         return layer.param_count(), tuple(output)
-    size = getattr(layer, "filters", getattr(layer, "units", 1))
-    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+    size = getattr(layer, "filters", getattr(layer, "units", getattr(layer, "depth_multiplier", 1)))
+    if not _is_positive_int(size):
         return None
     if isinstance(layer, Dense):
         if len(shape) != 1:
             return None
         out = (size,)
-    elif isinstance(layer, Conv2d):
-        if len(shape) != 3:
+    elif isinstance(layer, (Conv2d, DepthwiseConv2d)):
+        groups = getattr(layer, "groups", 1)   # a depthwise layer's weight is per channel: nothing to divide
+        if len(shape) != 3 or not _is_positive_int(groups) or shape[2] % groups or size % groups:
             return None
         windows = windows_2d(shape[:2], layer.kernel_size, layer.stride, layer.padding,
                              layer.dilation, layer.label)
+        channels = size if isinstance(layer, Conv2d) else shape[2] * size
         out = (*(window_output_size(n, win, layer.label, axis, strict)
-                 for n, win, axis in zip(shape[:2], windows, "HW")), size)
+                 for n, win, axis in zip(shape[:2], windows, "HW")), channels)
     else:
         out = shape
     layer.input_shape = shape  # what param_count reads; the layer is a throwaway copy
     return layer.param_count(), out
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -2,9 +2,9 @@
 
 In place: ``forward`` and ``backward`` never modify the arrays passed to them. The executor
 (:mod:`cnnkit.executor`) calls :meth:`Layer.call` with ``owned=True`` instead when the input
-is a fresh output that nothing else reads; then ReLU, LeakyReLU, Sigmoid and Tanh overwrite it
-and allocate no new volume. Likewise ``call_backward(..., owned=True)`` lets ReLU overwrite a
-fresh input gradient. The decision is the executor's, per call: a layer called directly
+is a fresh output that nothing else reads; then ReLU, ReLU6, LeakyReLU, Sigmoid and Tanh overwrite
+it and allocate no new volume. Likewise ``call_backward(..., owned=True)`` lets ReLU and ReLU6
+overwrite a fresh input gradient. The decision is the executor's, per call: a layer called directly
 (``model["relu_1"](x)``) leaves the caller's arrays alone.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 from ..arithmetic import CallMemory, check_positive, prelu_params
 from ..errors import ConfigError
 from ..ops.activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward,
-                              relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
+                              relu, relu6, relu6_backward, relu_backward, sigmoid, sigmoid_backward, tanh,
+                              tanh_backward)
 from ..ops.loss import softmax, softmax_backward
 from ..parameter import Parameter
 from .base import Layer
@@ -73,6 +74,28 @@ class ReLU(_Elementwise):
 
     def _gradient(self, dy, y, overwrite):
         return relu_backward(dy, y, out=dy if overwrite else None)
+
+    def call_memory(self, owned=False, training: bool = False) -> CallMemory:
+        return CallMemory(output_is_input=bool(owned), keeps_output=True, grad_in_place=True)
+
+
+class ReLU6(_Elementwise):
+    """``min(max(0, x), 6)``: ReLU capped at 6 (MobileNet's activation, Keras's ``ReLU(max_value=6)``,
+    PyTorch's ``nn.ReLU6``).
+
+    Like :class:`ReLU` it works in place when handed its input, caches its output, and overwrites
+    a handed-over gradient: ``dy`` where ``0 < y < 6``, 0 elsewhere (0 at both kinks, as PyTorch).
+    A convolution before it whose output it alone reads applies it as it writes (``fused_as``).
+    """
+
+    wants_he_init = True
+    fused_as = "relu6"
+
+    def _apply(self, x, out):
+        return relu6(x, out)
+
+    def _gradient(self, dy, y, overwrite):
+        return relu6_backward(dy, y, out=dy if overwrite else None)
 
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
         return CallMemory(output_is_input=bool(owned), keeps_output=True, grad_in_place=True)

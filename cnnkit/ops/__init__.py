@@ -9,8 +9,10 @@ The process settings they run under (threads, BLAS, malloc) are :mod:`cnnkit.ops
 """
 
 from .activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward, relu,
-                         relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
+                         relu6, relu6_backward, relu_backward, sigmoid, sigmoid_backward, tanh,
+                         tanh_backward)
 from .conv import ALGORITHMS, ConvContext, choose_algorithm, conv2d, conv2d_backward
+from .depthwise import depthwise_conv2d, depthwise_conv2d_backward
 from .linear import linear, linear_backward
 from .loss import log_softmax, softmax, softmax_backward, softmax_cross_entropy
 from .norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
@@ -18,12 +20,13 @@ from .norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backwa
 from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
                    global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
 from .reduce import sum_rows
-from .window import pad, tap_slices, unpad, window_add, windowed_view
+from .window import input_rows, pad, tap_slices, unpad, window_add, windowed_view
 
 __all__ = [
     "leaky_relu", "leaky_relu_backward", "maxout", "maxout_backward", "prelu", "prelu_backward", "relu",
-    "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "relu6", "relu6_backward", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "ALGORITHMS", "ConvContext", "choose_algorithm", "conv2d", "conv2d_backward",
+    "depthwise_conv2d", "depthwise_conv2d_backward",
     "linear", "linear_backward",
     "log_softmax", "softmax", "softmax_backward", "softmax_cross_entropy",
     "batch_norm_fixed", "batch_norm_frozen", "batch_norm_frozen_backward", "batch_norm_train",
@@ -31,5 +34,5 @@ __all__ = [
     "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d",
     "global_max_pool2d_backward", "max_pool2d", "max_pool2d_backward",
     "sum_rows",
-    "pad", "tap_slices", "unpad", "window_add", "windowed_view",
+    "input_rows", "pad", "tap_slices", "unpad", "window_add", "windowed_view",
 ]

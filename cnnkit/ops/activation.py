@@ -26,6 +26,19 @@ def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) 
     return np.multiply(dy, y > 0, dtype=dy.dtype, out=out)
 
 
+def relu6(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``min(max(0, x), 6)`` (MobileNet's activation: ReLU capped at 6, robust in low precision)."""
+    return np.clip(x, 0.0, 6.0, out=out)
+
+
+def relu6_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of ReLU6 from its output ``y``: ``dy`` where ``0 < y < 6``, else 0 (0 at both kinks,
+    as PyTorch's ``hardtanh`` backward). ``out`` may be ``dy`` itself when the caller owns it."""
+    inside = y > 0
+    inside &= y < 6
+    return np.multiply(dy, inside, dtype=dy.dtype, out=out)
+
+
 def leaky_relu(x: np.ndarray, negative_slope: float, out: np.ndarray | None = None) -> np.ndarray:
     """``x`` where ``x > 0``, ``negative_slope * x`` elsewhere (``negative_slope >= 0``)."""
     slope = float(negative_slope)

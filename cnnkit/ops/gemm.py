@@ -12,7 +12,13 @@ transposed: ``dweight = cols^T @ dy``, ``dbias = sum(dy)``, and ``dcols = dy @ w
 scattered back with :func:`window_add`.
 
 A 1x1 stride-1 unpadded convolution is already a matrix product over the pixels:
-:func:`pointwise_conv2d` copies no window. These are rows of the table in
+:func:`pointwise_conv2d` copies no window.
+
+A grouped convolution (``groups = g``: input channels and filters cut into ``g`` groups, filter
+group ``k`` reading input group ``k`` only; the weight ``(Kh, Kw, C/g, N)``) is ``g`` such products
+at once, one batched :func:`numpy.matmul` per chunk: the columns ``(g, rows, Kh*Kw*C/g)`` times the
+weight as ``(g, Kh*Kw*C/g, N/g)`` (:func:`grouped_conv2d`), output channel ``n`` in group
+``n // (N/g)``, as PyTorch and Keras count them. These are rows of the table in
 :mod:`cnnkit.ops.conv` (which callers go through); :func:`gemm_conv2d` is also the NumPy
 reference of the compiled :mod:`cnnkit.ops.gemm_fast`.
 """
@@ -96,6 +102,82 @@ def gemm_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, geom
         _backward_chunks(dy2, view, w2, dweight, dxp, geometry)
     dx = unpad(dxp, geometry) if need_input_grad else None
     return dx, (dweight.reshape(weight.shape) if need_weight_grad else None), dbias
+
+
+def grouped_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
+                   relu: bool = False) -> np.ndarray:
+    """Grouped convolution of ``x`` (B, H, W, C) by ``weight`` (Kh, Kw, C/g, N), ``g = C / weight.shape[2]``
+    groups, plus ``bias`` (N,) or None, then ReLU when ``relu``; ``(B, Ho, Wo, N)`` as :func:`gemm_conv2d`.
+
+    With ``g = 1`` it computes what :func:`gemm_conv2d` does (more slowly: the output is copied
+    from the batched product's layout)."""
+    weight = weight.astype(x.dtype, copy=False)
+    groups = x.shape[-1] // weight.shape[2]
+    n = weight.shape[3]
+    w3 = _group_weights(weight, groups)
+    view = windowed_view(pad(x, geometry), geometry)
+    y = np.empty((*view.shape[:3], n), dtype=x.dtype)
+    y3 = y.reshape(-1, groups, n // groups)
+    for rows, cols in _grouped_chunks(view, groups):
+        np.copyto(y3[rows], np.matmul(cols, w3).transpose(1, 0, 2))
+    return _finish(y, bias, relu)
+
+
+def grouped_conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, geometry: Geometry,
+                            need_input_grad: bool = True, need_weight_grad: bool = True,
+                            relu_output: np.ndarray | None = None
+                            ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`grouped_conv2d` (see :func:`gemm_conv2d_backward`):
+    per group ``dweight = cols^T @ dy`` and ``dcols = dy @ weight^T``, batched over the groups."""
+    weight = weight.astype(x.dtype, copy=False)
+    kh, kw, cg, n = weight.shape
+    groups = x.shape[-1] // cg
+    dy2 = _output_grad(dy, x, n, relu_output)
+    dbias = sum_rows(dy2)
+    w3 = _group_weights(weight, groups)
+    view = windowed_view(pad(x, geometry), geometry)
+    dw3 = np.zeros_like(w3) if need_weight_grad else None
+    dxp = np.zeros(geometry.padded_shape(x.shape), dtype=x.dtype) if need_input_grad else None
+    if need_weight_grad or need_input_grad:
+        per_image = int(np.prod(view.shape[1:3]))
+        for rows, cols in _grouped_chunks(view, groups):
+            dy3 = dy2[rows].reshape(-1, groups, n // groups).transpose(1, 0, 2)   # (g, rows, N/g)
+            if need_weight_grad:
+                dw3 += np.matmul(cols.transpose(0, 2, 1), dy3)
+            if need_input_grad:
+                images = slice(rows.start // per_image, rows.stop // per_image)
+                dcols = np.matmul(dy3, w3.transpose(0, 2, 1))                      # (g, rows, Kh*Kw*C/g)
+                window_add(dxp[images], _ungrouped(dcols, view[images].shape, groups), geometry)
+    dweight = dw3.transpose(1, 0, 2).reshape(weight.shape) if need_weight_grad else None
+    return (unpad(dxp, geometry) if need_input_grad else None), dweight, dbias
+
+
+def _group_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+    """``(Kh, Kw, C/g, N)`` as the ``(g, Kh*Kw*C/g, N/g)`` stack of each group's matrix (a copy)."""
+    kh, kw, cg, n = weight.shape
+    return np.ascontiguousarray(weight.reshape(kh * kw * cg, groups, n // groups).transpose(1, 0, 2))
+
+
+def _grouped_chunks(view: np.ndarray, groups: int):
+    """Yield ``(rows, cols)`` as :func:`_im2col_chunks`, the columns ``(g, rows, Kh*Kw*C/g)``: each
+    group's windows in the order of its weight matrix (a reused buffer, valid until the next one)."""
+    b, ho, wo, kh, kw, c = view.shape
+    by_group = view.reshape(b, ho, wo, kh, kw, groups, c // groups).transpose(5, 0, 1, 2, 3, 4, 6)
+    buffer = None
+    for rows, images in _chunk_ranges(view):
+        count = rows.stop - rows.start
+        if buffer is None:
+            buffer = np.empty(groups * count * kh * kw * (c // groups), dtype=view.dtype)
+        cols = buffer[:groups * count * kh * kw * (c // groups)].reshape(groups, count, -1)
+        np.copyto(cols.reshape(groups, images.stop - images.start, *by_group.shape[2:]), by_group[:, images])
+        yield rows, cols
+
+
+def _ungrouped(dcols: np.ndarray, window_shape: tuple[int, ...], groups: int) -> np.ndarray:
+    """Window gradients ``(g, rows, Kh*Kw*C/g)`` in the windowed view's layout ``(B, Ho, Wo, Kh, Kw, C)``."""
+    b, ho, wo, kh, kw, c = window_shape
+    by_group = dcols.reshape(groups, b, ho, wo, kh, kw, c // groups).transpose(1, 2, 3, 4, 5, 0, 6)
+    return np.ascontiguousarray(by_group).reshape(window_shape)
 
 
 def _finish(y: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:

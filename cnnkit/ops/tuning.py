@@ -61,6 +61,14 @@ MAX_SHARED_FILTER_BYTES = 4 << 20
 #: once per block, so blocks are large; the transforms run in the calling thread.
 POSITION_BLOCK_TILES = 256
 
+# ----------------------------------------------------------------- depthwise convolution (ops/depthwise.py)
+
+#: Output numbers in one block of rows, whose Kh*Kw tap passes then run in cache. Not measured
+#: yet (no benchmark of it has run): chosen so that a block's output, its scratch product and its
+#: input rows (about 3 x 256 KiB of float32) fit a core's 2 MiB L2 cache, as GEMM_BLOCK_ELEMENTS
+#: does, while each NumPy call still covers 64 Ki numbers. Measure before relying on it.
+DEPTHWISE_BLOCK_ELEMENTS = 1 << 16
+
 # ----------------------------------------------------------------- matrix products over the pool (ops/products.py)
 
 #: Below this many multiply-adds, one call is faster than waking the pool.

@@ -80,6 +80,55 @@ def tap_slices(geometry: Geometry, out_hw: tuple[int, int]):
             yield p, q, rows, slice(left, left + (wo - 1) * ww.stride + 1, ww.stride)
 
 
+def input_rows(geometry: Geometry, lo: int, hi: int) -> slice:
+    """The rows of the padded input that output rows ``lo .. hi-1`` read: ``[lo*S_h, (hi-1)*S_h +
+    D_h*(K_h-1) + 1)``. A block of output rows is computed from the padded input cut to these rows,
+    its taps given by ``tap_slices(geometry, (hi - lo, Wo))``."""
+    height = geometry[0]
+    return slice(lo * height.stride, (hi - 1) * height.stride + height.effective_kernel)
+
+
+def pad_rows(x: np.ndarray, geometry: Geometry, rows: slice, out: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``pad(x, geometry)`` (padded coordinates, step 1, as :func:`input_rows`
+    gives them), written into ``out`` ``(B, rows, W + P_left + P_right, C)``, without making the
+    padded volume: the border is zeros written into ``out``, the interior copied from ``x``.
+    Returns ``out``, or a view of ``x`` itself when nothing is padded."""
+    if not geometry.padded:
+        return x[:, rows]
+    above, below, inside = _row_band(x.shape[1], geometry, rows)
+    left, w = geometry.left, x.shape[2]
+    out[:, :above] = 0
+    out[:, below:] = 0
+    band = out[:, above:below]
+    band[:, :, :left] = 0
+    band[:, :, left + w:] = 0
+    band[:, :, left:left + w] = x[:, inside]
+    return out
+
+
+def unpad_rows_add(dx: np.ndarray, drows: np.ndarray, geometry: Geometry, rows: slice) -> np.ndarray:
+    """Add the gradient ``drows`` of :func:`pad_rows`'s output into ``dx`` (the gradient of ``x``),
+    in place: its adjoint, the part that lies inside the input. Returns ``dx``."""
+    if not geometry.padded:
+        target = dx[:, rows]
+        np.add(target, drows, out=target)
+        return dx
+    above, below, inside = _row_band(dx.shape[1], geometry, rows)
+    target = dx[:, inside]
+    np.add(target, drows[:, above:below, geometry.left:geometry.left + dx.shape[2]], out=target)
+    return dx
+
+
+def _row_band(height: int, geometry: Geometry, rows: slice) -> tuple[int, int, slice]:
+    """``(above, below, inside)``: padded rows ``rows`` hold the input's rows ``inside`` at
+    ``above .. below-1``; the rest of them is padding."""
+    first, last = rows.start - geometry.top, rows.stop - geometry.top   # as rows of the input
+    lo = min(max(first, 0), height)
+    hi = max(min(last, height), lo)
+    above = min(max(lo - first, 0), last - first)
+    return above, above + hi - lo, slice(lo, hi)
+
+
 def window_add(dpadded: np.ndarray, dwin: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Add a window gradient ``(B, Ho, Wo, Kh, Kw, C)`` into the padded input gradient, in place.
 

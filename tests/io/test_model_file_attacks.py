@@ -4,6 +4,7 @@ before anything is built, and a malformed header is a WeightsError, in the API a
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from cnnkit import cli
 from cnnkit.checkpoint import load
 from cnnkit.errors import WeightsError
 from cnnkit.io import write_safetensors
-from cnnkit.layers import Dense, Flatten
+from cnnkit.layers import Conv2d, Dense, DepthwiseConv2d, Flatten, ReLU6, ZeroPadding2d
 from cnnkit.model import Sequential
 
 from refusal import assert_refused
@@ -63,6 +64,51 @@ def test_a_convolution_bigger_than_the_tensors_is_refused(tmp_path):
                         {"class": "Dense", "config": {"units": 4096, "name": "head"}}]
     path = _forged(tmp_path / "conv.safetensors", config)
     _refused(path, r"gives layer fc \(Conv2d\) 114,688 parameters, but the file holds 15")
+
+
+def _mobile_model() -> Sequential:
+    return Sequential([ZeroPadding2d(((0, 1), (0, 1)), name="pad"), Conv2d(8, 3, stride=2, name="stem"), ReLU6(),
+                       DepthwiseConv2d(3, padding=1, depth_multiplier=2, name="dw"), ReLU6(),
+                       Conv2d(8, 1, groups=4, name="grouped")], input_shape=(8, 8, 3), seed=0)
+
+
+def test_grouped_and_depthwise_convolutions_are_counted_as_built_so_their_files_load(tmp_path):
+    model = _mobile_model()
+    model.save(tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    assert loaded.layers[5].parameters()["weight"].shape == (1, 1, 4, 8)   # C/groups = 16/4
+
+
+@pytest.mark.parametrize("layer, change, count", [
+    (3, {"depth_multiplier": 2_000_000}, 3 * 3 * 8 * 2_000_000 + 8 * 2_000_000),   # a built bias: 64 MB
+    (5, {"groups": 2}, 8 * 16 // 2 + 8),          # fewer groups: more numbers per filter than the file holds
+    (5, {"filters": 80_000, "groups": 16}, 80_000 * 16 // 16 + 80_000),
+])
+def test_a_grouped_or_depthwise_convolution_bigger_than_its_tensors_is_refused(tmp_path, layer, change, count):
+    model = _mobile_model()
+    config = model.get_config()
+    config["layers"][layer]["config"].update(change)
+    name = config["layers"][layer]["config"]["name"]
+    held = sum(v.size for k, v in model.state_dict().items() if k.startswith(name + "."))
+    path = tmp_path / "forged.safetensors"
+    write_safetensors(path, model.state_dict(), {"format": "cnnkit-model", "version": "1",
+                                                 "architecture": json.dumps(config)})
+    _refused(path, rf"gives layer {name} \((DepthwiseConv2d|Conv2d)\) {count:,} parameters, but the file holds "
+                   rf"{held:,} numbers for it")
+
+
+def test_groups_that_do_not_divide_are_left_to_the_build_which_names_the_file(tmp_path):
+    model = _mobile_model()
+    config = model.get_config()
+    config["layers"][5]["config"]["groups"] = 3
+    path = tmp_path / "forged.safetensors"
+    write_safetensors(path, model.state_dict(), {"format": "cnnkit-model", "version": "1",
+                                                 "architecture": json.dumps(config)})
+    with pytest.raises(WeightsError, match=re.escape(f"{path}: grouped: groups=3 does not divide the 16 input "
+                                                     f"channels C")):
+        load(path)
 
 
 def test_the_cli_prints_one_line_for_a_forged_model_file(tmp_path, capsys):

@@ -10,7 +10,7 @@ except ImportError:
 
 import cnnkit
 from cnnkit.errors import ShapeError
-from cnnkit.layers import Dense, LeakyReLU, Maxout, PReLU, ReLU, Sigmoid, Softmax, Tanh
+from cnnkit.layers import Dense, LeakyReLU, Maxout, PReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
 
 SHAPES = [(5, 3, 2), (2, 7, 4), (1, 1, 6), (9,), (3, 4, 12)]
 
@@ -44,6 +44,34 @@ def test_gradcheck(make, shape):
     assert result.max_error < 1e-6, result.errors
     if isinstance(layer, PReLU):
         assert set(result.errors) == {"input", "alpha"}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu6_gradcheck_on_both_sides_of_both_kinks(shape):
+    x = away_from_kinks((3, *shape)) * 4 + 3   # |x - 3| in [0.4, 4.4]: below 0, inside, above 6
+    x[np.abs(x) < 0.1] = 0.5                   # finite differences never straddle a kink
+    x[np.abs(x - 6) < 0.1] = 5.5
+    assert (x < 0).any() and (x > 6).any()
+    result = cnnkit.gradcheck(_built(ReLU6(), shape), x)
+    assert result.max_error < 1e-6, result.errors
+
+
+@pytest.mark.torch
+def test_relu6_layer_matches_torch_relu6_and_works_in_place_when_handed_its_arrays():
+    rng = np.random.default_rng(1)
+    x = (5 * rng.standard_normal((2, 5, 4, 3))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    yt = torch.nn.ReLU6()(xt)
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2).copy()))
+    layer = _built(ReLU6(), (5, 4, 3))
+    owned_x, owned_dy = x.copy(), dy.copy()
+    y, context = layer.call(owned_x, training=True, owned=True)
+    dx = layer.call_backward(owned_dy, context, owned=True)
+    assert y is owned_x and dx is owned_dy and (y == 6).any()
+    np.testing.assert_array_equal(y, yt.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(dx, xt.grad.numpy().transpose(0, 2, 3, 1))
+    assert ReLU6.fused_as == "relu6" and layer.call_memory(owned=True).grad_in_place
 
 
 @pytest.mark.parametrize("shape,pieces", [((4, 3, 6), 2), ((2, 5, 6), 3), ((1, 1, 8), 4), ((12,), 3), ((3, 2, 5), 5)])
@@ -81,7 +109,7 @@ def test_frozen_prelu_gets_no_gradient():
     assert layer.parameters()["alpha"].grad is None
 
 
-@pytest.mark.parametrize("make", [ReLU, lambda: LeakyReLU(0.2), lambda: LeakyReLU(1.5), Sigmoid, Tanh])
+@pytest.mark.parametrize("make", [ReLU, ReLU6, lambda: LeakyReLU(0.2), lambda: LeakyReLU(1.5), Sigmoid, Tanh])
 def test_caller_array_is_never_modified_unless_handed_over(make):
     x = np.linspace(-2, 2, 2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
     original = x.copy()

@@ -14,7 +14,7 @@ except ImportError:
 
 import cnnkit
 from cnnkit.errors import ConfigError, ShapeError
-from cnnkit.layers import Conv2d, ReLU, Sigmoid
+from cnnkit.layers import Conv2d, ReLU, ReLU6, Sigmoid
 
 GRADCHECK_CASES = [  # input (H, W, C), filters, kernel, stride, padding, dilation
     ((5, 5, 2), 3, 1, 1, 0, 1),
@@ -126,20 +126,22 @@ def test_wrong_input_shape_names_the_layer_and_both_shapes(bad_shape):
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("algorithm", ["gemm", "winograd2", "winograd4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_relu_equals_a_relu_layer_after_the_convolution(algorithm, dtype, compiled, monkeypatch):
+@pytest.mark.parametrize("activation, layer_class", [("relu", ReLU), ("relu6", ReLU6)])
+def test_fused_relu_equals_a_relu_layer_after_the_convolution(algorithm, dtype, compiled, activation, layer_class,
+                                                               monkeypatch):
     monkeypatch.setenv("CNNKIT_JIT", "1" if compiled else "0")
     rng = np.random.default_rng(3)
-    fused, plain, relu = Conv2d(5, 3, padding=1, activation="relu", algorithm=algorithm), \
-        Conv2d(5, 3, padding=1, algorithm=algorithm), ReLU()
+    fused, plain, relu = Conv2d(5, 3, padding=1, activation=activation, algorithm=algorithm), \
+        Conv2d(5, 3, padding=1, algorithm=algorithm), layer_class()
     for layer, shape in ((fused, (9, 7, 4)), (plain, (9, 7, 4)), (relu, (9, 7, 5))):
         layer.build(shape, np.random.default_rng(1))
     bias = rng.standard_normal(5).astype(np.float32)
     fused.parameters()["bias"].value, plain.parameters()["bias"].value = bias.copy(), bias.copy()
     plain.parameters()["weight"].value = fused.parameters()["weight"].value.copy()   # He there, Glorot here
-    x = rng.standard_normal((3, 9, 7, 4)).astype(dtype)
+    x = (6 * rng.standard_normal((3, 9, 7, 4))).astype(dtype)   # outputs on both sides of 6 too
     y = fused.forward(x, training=True)
     np.testing.assert_array_equal(y, relu.forward(plain.forward(x, training=True), training=True))
-    assert (y == 0).any() and (y > 0).any()
+    assert (y == 0).any() and (y > 0).any() and (activation == "relu" or (y == 6).any())
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_allclose(fused.backward(dy), plain.backward(relu.backward(dy)), rtol=1e-6, atol=1e-6)
     for name in ("weight", "bias"):
@@ -177,7 +179,7 @@ def test_fused_relu_matches_torch():
 
 
 def test_fused_relu_is_configured_like_keras_and_protects_its_output():
-    with pytest.raises(ConfigError, match=r"^conv1: activation must be one of \(None, 'relu'\); received "
+    with pytest.raises(ConfigError, match=r"^conv1: activation must be one of \(None, 'relu', 'relu6'\); received "
                                           r"activation='tanh'; put other activations in a layer of their own$"):
         Conv2d(4, 3, activation="tanh", name="conv1").build((6, 5, 3))
     model = cnnkit.Sequential([Conv2d(4, 3, padding=1, activation="relu"), Sigmoid()], input_shape=(6, 5, 3))

@@ -14,8 +14,8 @@ except ImportError:
     torch = F = None
 
 from cnnkit.ops.activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu,
-                                   prelu_backward, relu, relu_backward, sigmoid, sigmoid_backward, tanh,
-                                   tanh_backward)
+                                   prelu_backward, relu, relu6, relu6_backward, relu_backward, sigmoid,
+                                   sigmoid_backward, tanh, tanh_backward)
 
 shapes = st.sampled_from([(2, 5), (3, 4, 6, 3), (1, 7, 3, 8), (4, 2, 5, 1), (2, 3, 3, 16)])
 
@@ -59,6 +59,30 @@ def test_relu_sigmoid_tanh_match_torch(shape, seed):
         y = ours(x)
         _close(y, y_ref)
         _close(backward(dy, y), dx_ref)
+
+
+@pytest.mark.torch
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_relu6_matches_torch(shape, seed):
+    x, dy = _pair(shape, seed)
+    x[..., 0] = 6.0   # the upper kink itself, where both give no gradient
+    x.flat[1] = 0.0   # and the lower one
+    y_ref, dx_ref = _torch_grad(torch.nn.functional.relu6, x, dy)
+    y = relu6(x)
+    _close(y, y_ref)
+    _close(relu6_backward(dy, y), dx_ref)
+
+
+def test_relu6_caps_at_6_and_works_in_the_arrays_it_is_given():
+    x = np.array([-1.0, 0.0, 3.0, 6.0, 7.5], np.float32)
+    dy = np.ones(5, np.float32)
+    y = relu6(x)
+    assert y.dtype == np.float32 and y.tolist() == [0.0, 0.0, 3.0, 6.0, 6.0]
+    assert relu6_backward(dy, y).tolist() == [0.0, 0.0, 1.0, 0.0, 0.0] and dy.tolist() == [1.0] * 5
+    assert relu6(x, out=x) is x and x.tolist() == y.tolist()
+    assert relu6_backward(dy, y, out=dy) is dy and dy.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert relu6(np.array([100.0])).dtype == np.float64
 
 
 @pytest.mark.torch

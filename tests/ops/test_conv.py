@@ -16,7 +16,8 @@ except ImportError:
     torch = F = None
 
 from cnnkit.arithmetic import Geometry, Window, windows_2d
-from cnnkit.ops import conv2d, conv2d_backward, pad, tuning, unpad, window_add, windowed_view
+from cnnkit.ops import conv2d, conv2d_backward, input_rows, pad, tap_slices, tuning, unpad, window_add, windowed_view
+from cnnkit.ops.window import pad_rows, unpad_rows_add
 
 
 def _gemm(x, w, b, windows, activation=None):
@@ -94,6 +95,39 @@ def test_windowed_view_matches_explicit_slices(size, kernel, stride, padding, di
         for j in range(view.shape[2]):
             rows, cols = _patch_slices(i, j, windows, view.shape[3:5])
             np.testing.assert_array_equal(view[:, i, j], xp[:, rows, cols])
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, dilation", WINDOW_CASES)
+def test_a_block_of_output_rows_reads_its_input_rows_through_the_tap_slices(size, kernel, stride, padding, dilation):
+    windows = windows_2d(size, kernel, stride, padding, dilation, "t")
+    xp = pad(np.random.default_rng(3).standard_normal((2, *size, 3)), windows)
+    view = windowed_view(xp, windows)
+    ho, wo = view.shape[1:3]
+    for lo, hi in [(0, ho), (0, 1), (ho - 1, ho), (ho // 3, max(ho // 3 + 1, 2 * ho // 3))]:
+        rows_read = xp[:, input_rows(windows, lo, hi)]
+        for p, q, rows, cols in tap_slices(windows, (hi - lo, wo)):
+            np.testing.assert_array_equal(rows_read[:, rows, cols], view[:, lo:hi, :, p, q])
+
+
+PADDINGS = [Geometry((Window(3, 1, 2, 1), Window(3, 1, 1, 3))), Geometry((Window(3, 2, 0, 1), Window(1, 1, 0, 0))),
+            Geometry((Window(1, 1, 6, 5), Window(1, 1, 2, 2))), Geometry((Window(3, 1, 0, 0), Window(3, 1, 0, 0)))]
+
+
+@pytest.mark.parametrize("geometry", PADDINGS, ids=["both", "after", "wider than the input", "none"])
+def test_padded_rows_are_the_rows_of_the_padded_volume_and_their_adjoint_crops_them(geometry):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 5, 3))
+    xp = pad(x, geometry)
+    for lo in range(xp.shape[1]):
+        for hi in range(lo + 1, xp.shape[1] + 1):
+            rows = slice(lo, hi)
+            out = np.full((2, hi - lo, xp.shape[2], 3), np.nan)
+            got = pad_rows(x, geometry, rows, out)
+            np.testing.assert_array_equal(got, xp[:, rows])
+            g = rng.standard_normal(got.shape)
+            dx = unpad_rows_add(np.zeros_like(x), g, geometry, rows)
+            assert np.isclose(np.sum(got * g), np.sum(x * dx), rtol=1e-12)   # <pad_rows(x), g> = <x, its adjoint(g)>
+            np.testing.assert_allclose(unpad_rows_add(dx.copy(), g, geometry, rows), 2 * dx)   # it adds
 
 
 @pytest.mark.parametrize("size, kernel, stride, padding, dilation", WINDOW_CASES)
