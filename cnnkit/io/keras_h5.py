@@ -151,6 +151,8 @@ class _Tree:
 
     def _read_dataset(self, dataset: Any) -> np.ndarray:
         array = np.asarray(dataset[()])
+        if not array.dtype.isnative:  # HDF5 stores either byte order; the model's arrays are native
+            array = array.astype(array.dtype.newbyteorder("="))
         if "dtype" in dataset.attrs and self.strings(dataset, "dtype") == ["bfloat16"]:
             array = (array.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         return array

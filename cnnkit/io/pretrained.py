@@ -73,7 +73,7 @@ def read_weights(path) -> dict[str, np.ndarray]:
     if head.startswith(b"\x89HDF"):
         state, names = read_keras_h5_with_names(source)
         return keras3.name_layers(state, names, str(source)) if names else state
-    if head.startswith(b"PK") and source.suffix != ".npz" and is_keras_archive(source):
+    if source.suffix == ".keras" or (head.startswith(b"PK") and source.suffix != ".npz" and is_keras_archive(source)):
         return read_keras_archive(source)
     if head.startswith(b"PK") and source.suffix == ".npz":
         try:
