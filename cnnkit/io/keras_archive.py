@@ -32,7 +32,7 @@ from cnnkit.io.keras_h5 import read_keras_h5_with_names
 __all__ = ["is_keras_archive", "read_keras_archive"]
 
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
-MAX_JSON_BYTES = {CONFIG: 64 << 20, METADATA: 1 << 20}   # VGG16's config.json is 20 KB
+MAX_JSON_BYTES = {CONFIG: 16 << 20, METADATA: 1 << 20}   # VGG16's config.json is 20 KB
 MAX_MEMBERS = 100_000
 MAX_INFLATE_RATIO = 100   # as the torch reader: only crafted entries come near it
 _INFLATE_SLACK = 1 << 20
