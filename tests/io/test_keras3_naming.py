@@ -141,3 +141,16 @@ def test_deeply_nested_configs_are_refused():
         config = {"class_name": "Functional", "config": {"name": f"m{depth}", "layers": [config]}}
     with pytest.raises(WeightsError, match=r"at depth 3\d"):
         paths_from_config(config, "c")
+
+
+def test_unnamed_keras3_weights_for_a_resnet_say_only_vgg_is_mapped(tmp_path):
+    """The structure a file without names is mapped by is known for VGG only; a ResNet says so."""
+    h5py = pytest.importorskip("h5py", reason="the Keras reader needs the optional h5py")
+    import cnnkit
+
+    path = tmp_path / "resnet.weights.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("layers/conv2d/vars").create_dataset("0", data=np.zeros((7, 7, 3, 4), np.float32))
+    with pytest.raises(WeightsError, match=r"resnet.weights.h5: Keras 3 weights that name no layer.*VGG only so "
+                                           r"far, not for resnet18"):
+        cnnkit.models.resnet18(weights=path, width=1 / 16, input_shape=(32, 32, 3), num_classes=3)
