@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -85,16 +86,16 @@ def _keras3_files(folder: Path, form: str):
     keras = pytest.importorskip("keras", reason="the Keras 3 base files are written by Keras")
     keras.utils.set_random_seed(0)
     layers = keras.layers
-    model = keras.Sequential([keras.Input((6, 6, 3)), layers.Conv2D(4, 3, name="block1_conv1"),
-                              layers.BatchNormalization(name="block1_bn1"), layers.MaxPooling2D(name="block1_pool"),
-                              layers.Conv2D(2, 1, name="block2_conv1"), layers.Flatten(),
-                              layers.Dense(3, use_bias=False, name="fc1")])
-    path = folder / ("base.weights.h5" if form == "weights.h5" else "base.keras")
-    model.save_weights(path) if form == "weights.h5" else model.save(path)
-    expected = {}
-    for layer in model.layers:
-        for variable in layer.weights:
-            expected[f"{layer.name}/{variable.path.rpartition('/')[2]}"] = keras.ops.convert_to_numpy(variable)
+    with warnings.catch_warnings():   # Keras 3.15 on torch 2.13 warns about NumPy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = keras.Sequential([keras.Input((6, 6, 3)), layers.Conv2D(4, 3, name="block1_conv1"),
+                                  layers.BatchNormalization(name="block1_bn1"), layers.MaxPooling2D(name="block1_pool"),
+                                  layers.Conv2D(2, 1, name="block2_conv1"), layers.Flatten(),
+                                  layers.Dense(3, use_bias=False, name="fc1")])
+        path = folder / ("base.weights.h5" if form == "weights.h5" else "base.keras")
+        model.save_weights(path) if form == "weights.h5" else model.save(path)
+        expected = {f"{layer.name}/{variable.path.rpartition('/')[2]}": np.array(variable.numpy())
+                    for layer in model.layers for variable in layer.weights}
     return path, expected
 
 
