@@ -10,12 +10,13 @@ on both sides.
 
 VGG16 runs with its classifier at 64 x 64 (pool5 is 2 x 2 x 512, so fc1 sees a flatten of more
 than one position: a wrong flatten order would show); keras.applications accepts any input of
-at least 32 x 32 with ``weights=None``. The 224 x 224 classifier (a 550 MB file) is not written
-here: it differs from the 64 x 64 one only in fc1's number of rows.
+at least 32 x 32 with ``weights=None``. One test writes the released shape, 224 x 224 with 1,000
+classes (a 527 MiB ``.weights.h5``, about 2 GB of memory at its peak, seconds to run).
 """
 
 from __future__ import annotations
 
+import gc
 import shutil
 import zipfile
 
@@ -168,3 +169,17 @@ def test_a_file_of_another_vgg_names_it(written, form):
     with pytest.raises(WeightsError, match=rf"holds {convs} convolutions \({guess}\)") as error:
         written.load(form, arch=other)
     assert str(written.path(form)) in str(error.value)
+
+
+def test_vgg16_as_released_224_with_1000_classes(keras, tmp_path):
+    """The shape of the ImageNet release: fc1 sees pool5's 7 x 7 x 512 flattened channels-last."""
+    keras.utils.set_random_seed(1)
+    model = keras.applications.VGG16(weights=None, classifier_activation=None)
+    x = (np.random.default_rng(1).uniform(0, 255, (1, 224, 224, 3)) - CAFFE_MEAN_BGR).astype(np.float32)
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    path = tmp_path / "vgg16.weights.h5"
+    model.save_weights(path)
+    del model
+    gc.collect()   # one 138M-parameter model at a time
+    ours = cnnkit.models.vgg16(weights=path, classifier_activation=None)
+    _assert_reproduces(ours.predict(x), want)
