@@ -96,7 +96,8 @@ def test_structure_with_twelve_layers_puts_conv2d_10_after_conv2d_9():
 
 
 @pytest.mark.parametrize("keys, match", [
-    (("conv2d/0", "conv2d_1/0", "conv2d_2/0", "conv2d_3/0"), r"f does not have the layers of m: it holds 4 conv2d layers, m has 3"),
+    (("conv2d/0", "conv2d_1/0", "conv2d_2/0", "conv2d_3/0"),
+     r"f does not have the layers of m: it holds 4 conv2d layers, m has 3"),
     (("conv2d/0", "conv2d_2/0"), r"its conv2d layers are numbered \[0, 2\], with gaps"),
     (("depthwise_conv2d/0",), r"it holds 1 depthwise_conv2d layers, m has 0"),
     (("functional/conv2d/0",), r"layer functional/conv2d is inside a nested model"),
@@ -126,7 +127,8 @@ def test_config_numbers_each_class_in_list_order_and_follows_nested_models():
 @pytest.mark.parametrize("config, match", [
     ([1, 2], r"c is not a JSON object"),
     ({"config": {"layers": 3}}, r"c: config.json has no list of layers"),
-    ({"config": {"layers": [{"class_name": "Conv2D", "config": {}}]}}, r"c: config.json's layer 0 is not a Keras layer"),
+    ({"config": {"layers": [{"class_name": "Conv2D", "config": {}}]}},
+     r"c: config.json's layer 0 is not a Keras layer"),
     ({"config": {"layers": [_layer("Conv2D", "a/b")]}}, r"layer 0 is not a Keras layer entry"),
     ({"config": {"layers": [_layer("Conv2D", 7)]}}, r"layer 0 is not a Keras layer entry"),
 ])
