@@ -159,10 +159,14 @@ def paths_from_config(config: Any, where: str) -> tuple[dict[str, str], dict[str
 
 
 def _walk_config(model: Any, prefix: str, names: dict, options: dict, where: str, depth: int) -> None:
-    layers = model.get("config", {}).get("layers") if isinstance(model, dict) else None
-    if depth > MAX_CONFIG_DEPTH or not isinstance(layers, list):
-        raise WeightsError(f"{where}: config.json has no list of layers under config.layers (at depth "
-                           f"{depth}); it is not a Keras 3 model configuration: save the model again with Keras")
+    # paths_from_config and _entry have checked that model and model["config"] are objects
+    layers = model["config"].get("layers")
+    if depth > MAX_CONFIG_DEPTH:
+        raise WeightsError(f"{where}: models nest deeper than {MAX_CONFIG_DEPTH} levels in config.json; "
+                           "Keras applications nest none: save the model again with Keras")
+    if not isinstance(layers, list):
+        raise WeightsError(f"{where}: config.json's layers at depth {depth} are not a list; it is not a "
+                           "Keras 3 model configuration: save the model again with Keras")
     used: dict[str, int] = {}
     for position, layer in enumerate(layers):
         class_name, config = _entry(layer, position, where)
