@@ -340,8 +340,8 @@ def _add_width_option(command: argparse.ArgumentParser) -> None:
 def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
                          help="architecture of the weights (omit for a cnnkit model file)")
-    command.add_argument("--weights", required=True, help="torchvision/timm .pth, Keras .h5, safetensors or "
-                                                          "cnnkit model file")
+    command.add_argument("--weights", required=True, help="torchvision/timm .pth, Keras .h5, .weights.h5 "
+                                                          "or .keras, safetensors or cnnkit model file")
     command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
     _add_width_option(command)
     command.add_argument("--preprocessing", choices=("caffe", "torch", "none", "unit", "digits"), default=None,

@@ -8,9 +8,13 @@ Two layouts exist:
   order (``block1_conv1/kernel:0``), and each name is a dataset path inside that group.
   Whole-model files (``model.save("x.h5")``) keep the same tree under ``model_weights``.
   Long attributes are split by Keras into ``layer_names0``, ``layer_names1``, ...
-* **Keras 3** (``model.save_weights("x.weights.h5")``): groups ``layers/<name>/vars`` holding
-  datasets ``0``, ``1``, ... in variable-creation order (kernel then bias). ``<name>`` is the
-  snake-cased class name made unique (``conv2d``, ``conv2d_1``), not the layer's own name.
+* **Keras 3** (``model.save_weights("x.weights.h5")``, and ``model.weights.h5`` inside a
+  ``.keras`` archive): groups ``layers/<path>/vars`` holding datasets ``0``, ``1``, ... in
+  variable-creation order (kernel then bias). ``<path>`` is the snake-cased class name made
+  unique in the order of ``model.layers`` (``conv2d``, ``conv2d_1``, ... ``conv2d_10``), not the
+  layer's own name; recent Keras 3 releases also write the own name as the ``name`` attribute
+  of each ``vars`` group (:func:`read_keras_h5_with_names` returns it; ``cnnkit.io.keras3``
+  turns the paths into Keras's layer names).
 
 Arrays come back as stored: convolution kernels are HWIO ``(K, K, C, N)``, dense kernels
 ``(in, out)``. h5py is an optional extra, imported only when a file is read.
@@ -33,7 +37,7 @@ import numpy as np
 
 from cnnkit.errors import CnnkitError, WeightsError
 
-__all__ = ["read_keras_h5"]
+__all__ = ["read_keras_h5", "read_keras_h5_with_names"]
 
 # Keras 1 era weight names: "<layer>_W_1:0" / "<layer>_b_1:0" mean kernel / bias.
 _KERAS1_ALIASES = {"W": "kernel", "b": "bias"}
@@ -44,6 +48,7 @@ _SLACK_BYTES = 1 << 20
 MAX_OUTPUT_RATIO = 8  # all datasets together, as for read_torch
 MAX_DEPTH = 32
 MAX_ATTRIBUTE_STRINGS = 100_000  # layer and weight names of one attribute
+MAX_NAME_LENGTH = 1024  # a Keras 3 layer's own name (the ``name`` attribute of its ``vars``)
 _NUMERIC_KINDS = "biufc"
 # An HDF5 global heap collection (where variable-length strings live): "GCOL", version 1,
 # 3 reserved bytes, its size; then objects of index, references, 4 reserved bytes, size.
@@ -57,12 +62,24 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     Keras 2 files give names like ``block1_conv1/kernel`` and ``block1_conv1/bias`` (the
     ``:0`` suffix dropped; Keras 1 names ``block1_conv1_W_1:0`` become
     ``block1_conv1/kernel``). Keras 3 ``.weights.h5`` files give ``conv2d/0``,
-    ``conv2d/1``, ... (their layers are addressed by class, their weights by position).
+    ``conv2d/1``, ... (their layers are addressed by class, their weights by position), in
+    the order of ``model.layers`` for each class (``conv2d_10`` after ``conv2d_9``).
     Optimizer state is not returned. Weights stored as bfloat16 are widened to float32.
 
     Raises:
         CnnkitError: h5py is not installed (``pip install cnnkit[h5]``).
         WeightsError: the file is missing, is not HDF5, or has neither Keras layout.
+    """
+    return read_keras_h5_with_names(path)[0]
+
+
+def read_keras_h5_with_names(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`read_keras_h5`, and the own name of each Keras 3 layer that the file records.
+
+    The names map a layer path of the weights' keys to the layer's name in the model:
+    ``{"conv2d": "block1_conv1", "conv2d_1": "block1_conv2", ...}``. Keras 2 files name their
+    layers in the keys already, and Keras 3 releases before the ``name`` attribute record none:
+    both give ``{}``.
     """
     h5py = _import_h5py()
     source = Path(os.fspath(path))
@@ -134,6 +151,8 @@ class _Tree:
 
     def _read_dataset(self, dataset: Any) -> np.ndarray:
         array = np.asarray(dataset[()])
+        if not array.dtype.isnative:  # HDF5 stores either byte order; the model's arrays are native
+            array = array.astype(array.dtype.newbyteorder("="))
         if "dtype" in dataset.attrs and self.strings(dataset, "dtype") == ["bfloat16"]:
             array = (array.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         return array
@@ -144,6 +163,8 @@ class _Tree:
         variable-length sequences, so no other type is handed to it."""
         attribute = obj.attrs.get_id(name)
         count = int(np.prod(attribute.shape, dtype=np.int64)) if attribute.shape else 1
+        if count == 0:  # Keras 3's legacy .h5 writes a layer without weights as an empty float array
+            return []
         if attribute.get_type().get_class() != self.h5py.h5t.STRING or count > MAX_ATTRIBUTE_STRINGS:
             raise WeightsError(
                 f"{self.source}: attribute {name!r} of {obj.name} is not a list of at most "
@@ -227,12 +248,12 @@ def _import_h5py() -> Any:
     return h5py
 
 
-def _read_layout(tree: _Tree, source: Path) -> dict[str, np.ndarray]:
+def _read_layout(tree: _Tree, source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     root = tree.root
     nested = tree.child(root, "model_weights")
     group = nested if nested is not None and _has_attr(nested, "layer_names") else root
     if _has_attr(group, "layer_names"):
-        return _read_keras2(tree, group, source)
+        return _read_keras2(tree, group, source), {}
     layers = tree.child(root, "layers")
     if layers is not None:
         return _read_keras3(tree, layers, source)
@@ -270,8 +291,9 @@ def _keras2_key(layer: str, weight: str) -> str:
     return f"{layer}/{_KERAS1_ALIASES.get(stem, stem)}"
 
 
-def _read_keras3(tree: _Tree, layers: Any, source: Path) -> dict[str, np.ndarray]:
+def _read_keras3(tree: _Tree, layers: Any, source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     found: list[tuple[str, Any]] = []
+    names: dict[str, str] = {}
     seen: set[Any] = set()
 
     def visit(group: Any, prefix: str, depth: int) -> None:
@@ -284,17 +306,40 @@ def _read_keras3(tree: _Tree, layers: Any, source: Path) -> dict[str, np.ndarray
         for name, obj in tree.hard_children(group):
             path = f"{prefix}{name}"
             if isinstance(obj, tree.h5py.Group):
+                if name == "vars" and "name" in obj.attrs:
+                    names[_layer_path(path)] = _own_name(tree, obj)
                 visit(obj, path + "/", depth + 1)
             elif name and prefix.endswith("vars/") and isinstance(obj, tree.h5py.Dataset):
                 found.append((path, obj))
 
     visit(layers, "", 0)
     found.sort(key=lambda item: _natural_key(item[0]))
-    out = {}
+    out: dict[str, Any] = {}
     for name, dataset in found:
-        parts = [p for p in name.split("/") if p not in ("vars", "layers")]
-        out["/".join(parts)] = dataset
-    return tree.read_all(out)
+        key = _layer_path(name)
+        if key in out:  # only a crafted file has groups named "layers" or "vars" that collide
+            raise WeightsError(f"{source}: two datasets read as weight {key!r}; save the weights again with Keras")
+        out[key] = dataset
+    return tree.read_all(out), names
+
+
+def _layer_path(name: str) -> str:
+    """``conv2d_3/vars/0`` -> ``conv2d_3/0``; ``functional/layers/conv2d/vars`` -> ``functional/conv2d``."""
+    return "/".join(p for p in name.split("/") if p not in ("vars", "layers"))
+
+
+def _own_name(tree: _Tree, group: Any) -> str:
+    """The ``name`` attribute of a ``vars`` group: one string, as Keras writes a layer's name."""
+    values = tree.strings(group, "name")
+    name = values[0] if len(values) == 1 else None
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH or "/" in name:
+        shown = repr(name)[:80] if len(values) == 1 else f"{len(values)} strings"
+        raise WeightsError(
+            f"{tree.source}: the name of layer group {group.name} is {shown}, not one layer name of "
+            f"1 to {MAX_NAME_LENGTH} characters without '/' as Keras writes it; the file is corrupted "
+            "or crafted: save the weights again with Keras"
+        )
+    return name
 
 
 def _natural_key(name: str) -> list[Any]:

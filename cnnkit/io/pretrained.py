@@ -12,7 +12,10 @@ ResNets (torchvision's layout, timm's ResNets, cnnkit's own) are mapped by
   (``pre_logits.fc1.weight`` (4096, 512, 7, 7), ``pre_logits.fc2.weight`` (4096, 4096, 1, 1)) and
   ``head.fc`` as fc8.
 - ``keras``: ``block1_conv1/kernel`` (HWIO) ... ``fc1``, ``fc2``, ``predictions`` (in, out); Keras
-  flattens channels-last like cnnkit, so fc6 needs no permutation.
+  flattens channels-last like cnnkit, so fc6 needs no permutation. Keras 3 files (``.weights.h5``,
+  ``.keras``) store layers by class and position (``conv2d_3/0``); they are renamed to these names
+  by the names the file records (:mod:`cnnkit.io.keras3`), or else by the model's structure: the
+  n-th ``conv2d`` of the file is the n-th convolution of :func:`keras_layer_order`.
 - ``cnnkit``: a cnnkit model file or state dict (``conv1_1.weight`` ...), taken as is.
 
 Each source implies its preprocessing: ``torch`` for torchvision and timm, ``caffe`` for Keras
@@ -37,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
-from . import mobilenet_layout, resnet_layout
-from .keras_h5 import read_keras_h5
+from . import keras3, mobilenet_layout, resnet_layout
+from .keras_archive import is_keras_archive, read_keras_archive
+from .keras_h5 import read_keras_h5_with_names
 from .safetensors_io import read_safetensors, read_safetensors_metadata
 from .torch_reader import read_torch
 
@@ -55,14 +59,24 @@ CONVS_PER_CONFIG = {8: "vgg11", 10: "vgg13", 13: "vgg16 or vgg16c", 16: "vgg19"}
 
 
 def read_weights(path) -> dict[str, np.ndarray]:
-    """Read a weights file by its content: PyTorch (zip or legacy), safetensors, Keras HDF5, or NumPy ``.npz``."""
+    """Read a weights file by its content: PyTorch (zip or legacy), safetensors, Keras HDF5 (legacy
+    ``.h5`` or Keras 3 ``.weights.h5``), a Keras 3 ``.keras`` archive, or NumPy ``.npz``.
+
+    Keras 3 layers come back under Keras's layer names (``block1_conv1/kernel``) when the file
+    records them, else under their storage keys (``conv2d_3/0``), which :func:`load_pretrained`
+    maps by the model's structure.
+    """
     source = Path(os.fspath(path))
     if not source.is_file():
-        raise WeightsError(f"{source}: no such weights file; pass the path of a .pth, .h5, .safetensors or .npz file")
+        raise WeightsError(f"{source}: no such weights file; pass the path of a .pth, .h5, .weights.h5, .keras, "
+                           ".safetensors or .npz file")
     with source.open("rb") as handle:
         head = handle.read(8)
     if head.startswith(b"\x89HDF"):
-        return read_keras_h5(source)
+        state, names = read_keras_h5_with_names(source)
+        return keras3.name_layers(state, names, str(source)) if names else state
+    if source.suffix == ".keras" or (head.startswith(b"PK") and source.suffix != ".npz" and is_keras_archive(source)):
+        return read_keras_archive(source)
     if head.startswith(b"PK") and source.suffix == ".npz":
         try:
             with np.load(source, allow_pickle=False) as archive:
@@ -99,6 +113,10 @@ def detect_source(state: dict[str, np.ndarray], model=None) -> str:
     if "layer1.0.conv1.weight" in keys:
         raise WeightsError(f"these are ResNet weights (first keys: {sample}), not VGG weights; build the ResNet "
                            f"they were trained as, e.g. cnnkit.models.resnet50(weights=path)")
+    if keras3.is_storage_layout(state):
+        raise WeightsError(f"these are Keras 3 weights whose file names no layer (first keys: {sample}); "
+                           "load them into a model with load_pretrained(model, path) or the model's "
+                           "weights= argument, which maps them by the model's structure")
     raise WeightsError(f"cannot tell which VGG release these weights come from (first keys: {sample}); "
                        f"expected torchvision ('features.0.weight'), timm ('pre_logits.fc1.weight'), "
                        f"Keras ('block1_conv1/kernel') or cnnkit ('conv1_1.weight') names")
@@ -111,6 +129,7 @@ def to_cnnkit(state: dict[str, np.ndarray], model, source: str, include_top: boo
     Raises:
         WeightsError: keys are missing or unexpected, or shapes disagree (all listed at once).
     """
+    state = _named_by_structure(state, model, "the weights")
     top = _has_top(model, include_top)
     plan = _plan(model, source, top)
     _check(state, plan, model, source, top)
@@ -129,7 +148,7 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
     loaded when the model has one. Sets ``model.meta["preprocessing"]`` to the mode the weights
     were trained with.
     """
-    state = read_weights(path)
+    state = _named_by_structure(read_weights(path), model, str(path))
     preprocessing = None
     cnnkit_file = _is_cnnkit_model_file(path)
     if cnnkit_file:
@@ -159,6 +178,40 @@ def graph_layout(model):
     if mobilenet_layout.is_mobilenet(model):
         return mobilenet_layout
     return None
+
+
+def keras_layer_order(model) -> dict[str, list[str]]:
+    """The Keras names of a VGG's layers for each Keras kind, in the order Keras creates them.
+
+    This is the structure a Keras 3 file that names no layer is mapped by: its ``conv2d_<n>`` is
+    ``order["conv2d"][n]``. For VGG, Keras's order is the model's own: convolutions block by
+    block (``block1_conv1`` ...), then ``fc1``, ``fc2``, ``predictions``, which are listed whether
+    or not the model has them (a file may carry a top that the model leaves out).
+    """
+    order: dict[str, list[str]] = {"conv2d": [], "batch_normalization": [], "dense": list(KERAS_DENSE.values())}
+    for name in model.layer_names():
+        block = re.fullmatch(r"(conv|bn)\d+_\d+", name)
+        if block is not None:
+            kind = "conv2d" if block.group(1) == "conv" else "batch_normalization"
+            order[kind].append(_keras_key(name, "weight").partition("/")[0])
+    return order
+
+
+def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict[str, np.ndarray]:
+    """Keras 3 weights that name no layer, named after ``model``'s structure; other weights as they are."""
+    if not keras3.is_storage_layout(state):
+        return state
+    if graph_layout(model) is not None:
+        raise WeightsError(f"{where}: Keras 3 weights that name no layer are mapped by the model's Keras layer "
+                           f"order, which cnnkit knows for VGG only so far, not for {model.name}; load a "
+                           ".weights.h5 written by Keras 3.15 or later, or a .keras file, whose layers are named")
+    try:
+        return keras3.name_by_structure(state, keras_layer_order(model), where, model.name)
+    except WeightsError as error:
+        convs = sum(1 for key in state if re.fullmatch(r"conv2d(_\d+)?/0", key))
+        guess = CONVS_PER_CONFIG.get(convs, "another architecture")
+        raise WeightsError(f"{error}. The file holds {convs} convolutions ({guess}): build the "
+                           "architecture the weights were trained as") from None
 
 
 def _has_top(model, include_top: bool | None) -> bool:

@@ -39,8 +39,9 @@ def vgg(config: str, batch_norm: bool = False, include_top: bool = True, num_cla
         classifier_activation: ``"softmax"`` ends in a softmax layer (``prob``); ``None`` gives scores.
         width: multiplies every channel and fc width (small widths keep tests fast).
         dropout: dropout rate after fc6 and fc7.
-        weights: a weights file to load: torchvision or timm ``.pth``, Keras ``.h5``, a cnnkit
-            model file or safetensors; see :func:`cnnkit.io.load_pretrained`.
+        weights: a weights file to load: torchvision or timm ``.pth``, Keras ``.h5``, Keras 3
+            ``.weights.h5`` or ``.keras``, a cnnkit model file or safetensors; see
+            :func:`cnnkit.io.load_pretrained`.
         allocate: ``False`` builds a description only: the weights are placeholders that take no
             memory and draw no random numbers (what ``cnnkit summary`` needs); it cannot compute.
     """

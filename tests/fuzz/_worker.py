@@ -57,6 +57,9 @@ def _reader(kind: str):
     if kind == "h5":
         from cnnkit.io import read_keras_h5
         return read_keras_h5
+    if kind == "weights":   # any weights file, routed by its content, Keras 3 layers named
+        from cnnkit.io import read_weights
+        return read_weights
     if kind == "model":
         from cnnkit.checkpoint import load
         return lambda path: load(path).state_dict()

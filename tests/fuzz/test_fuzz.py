@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def _h5_file(folder: Path):
     return path, {"block1_conv1/kernel": kernel, "block1_conv1/bias": bias}
 
 
+def _keras3_files(folder: Path, form: str):
+    """A small model saved by real Keras 3 (torch backend) as ``.weights.h5`` or ``.keras``: layer
+    paths numbered by class, the ``name`` attribute of each layer, config.json, a batch norm's four
+    variables and a dense layer without bias. Read by ``read_weights``, which names them."""
+    keras = pytest.importorskip("keras", reason="the Keras 3 base files are written by Keras")
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    with warnings.catch_warnings():   # Keras 3.15 on torch 2.13 warns about NumPy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = keras.Sequential([keras.Input((6, 6, 3)), layers.Conv2D(4, 3, name="block1_conv1"),
+                                  layers.BatchNormalization(name="block1_bn1"), layers.MaxPooling2D(name="block1_pool"),
+                                  layers.Conv2D(2, 1, name="block2_conv1"), layers.Flatten(),
+                                  layers.Dense(3, use_bias=False, name="fc1")])
+        path = folder / ("base.weights.h5" if form == "weights.h5" else "base.keras")
+        model.save_weights(path) if form == "weights.h5" else model.save(path)
+        expected = {f"{layer.name}/{variable.path.rpartition('/')[2]}": np.array(variable.numpy())
+                    for layer in model.layers for variable in layer.weights}
+    return path, expected
+
+
 def _model_file(folder: Path):
     from cnnkit.layers import BatchNorm2d, Conv2d, Dense, Flatten, MaxPool2d, ReLU
     from cnnkit.model import Sequential
@@ -125,6 +146,8 @@ FORMATS = {
     "pth-legacy": ("torch", ".pth", lambda d: _torch_file(d, "legacy")),
     "safetensors": ("safetensors", ".safetensors", _safetensors_file),
     "h5": ("h5", ".h5", _h5_file),
+    "keras3-weights-h5": ("weights", ".weights.h5", lambda d: _keras3_files(d, "weights.h5")),
+    "keras3-archive": ("weights", ".keras", lambda d: _keras3_files(d, "keras")),
     "model": ("model", ".safetensors", _model_file),
     "graph-model": ("model", ".safetensors", _graph_model_file),
     "png": ("image", ".png", lambda d: _image_file(d, "png")),

@@ -14,6 +14,7 @@ except ImportError:
 
 from cnnkit.errors import CnnkitError, WeightsError
 from cnnkit.io import read_keras_h5
+from cnnkit.io.keras_h5 import read_keras_h5_with_names
 
 RNG = np.random.default_rng(0)
 # name -> weights, in the order of keras.applications.VGG16 (first and last blocks only).
@@ -167,3 +168,51 @@ def test_missing_weight_dataset(tmp_path):
         del f["fc1/fc1/bias:0"]
     with pytest.raises(WeightsError, match=r"broken\.h5 is a corrupted Keras weights file"):
         read_keras_h5(path)
+
+
+@pytest.mark.h5py
+def test_keras3_layer_names_are_returned_beside_the_weights(tmp_path):
+    path = _write_keras3(tmp_path / "named.weights.h5")
+    with h5py.File(path, "a") as f:
+        f["layers/conv2d/vars"].attrs["name"] = "block1_conv1"
+        f["layers/dense_1/vars"].attrs["name"] = np.bytes_(b"predictions")  # fixed-length bytes too
+    weights, names = read_keras_h5_with_names(path)
+    assert names == {"conv2d": "block1_conv1", "dense_1": "predictions"}
+    assert list(weights) == list(read_keras_h5(path))
+    assert read_keras_h5_with_names(_write_keras2(tmp_path / "k2.h5"))[1] == {}
+
+
+@pytest.mark.h5py
+@pytest.mark.parametrize("name, match", [
+    (np.int64(3), r"attribute 'name' of /layers/conv2d/vars is not a list of at most"),
+    ("a/b", r"the name of layer group /layers/conv2d/vars is 'a/b', not one layer name"),
+    ("", r"the name of layer group /layers/conv2d/vars is '', not one layer name"),
+    ("x" * 2000, r"not one layer name of 1 to 1024 characters"),
+    (np.array([b"a", b"b"]), r"is 2 strings, not one layer name"),
+])
+def test_keras3_layer_names_not_as_keras_writes_them_are_refused(tmp_path, name, match):
+    path = _write_keras3(tmp_path / "bad.weights.h5")
+    with h5py.File(path, "a") as f:
+        f["layers/conv2d/vars"].attrs["name"] = name
+    with pytest.raises(WeightsError, match=match):
+        read_keras_h5_with_names(path)
+
+
+@pytest.mark.h5py
+def test_an_empty_weight_names_attribute_of_any_type_is_no_weights(tmp_path):
+    """Keras 3's legacy model.save("x.h5") writes a layer without weights as an empty float64 array."""
+    path = _write_keras2(tmp_path / "k3legacy.h5")
+    with h5py.File(path, "a") as f:
+        f["input_1"].attrs["weight_names"] = np.array([])
+    _assert_same(read_keras_h5(path), _expected_keras2())
+
+
+@pytest.mark.h5py
+def test_big_endian_weights_come_back_native(tmp_path):
+    """HDF5 keeps the byte order it was given; the arrays handed to a model are native."""
+    path = tmp_path / "be.weights.h5"
+    values = np.array([1.5, -2.0, 3.25], dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_group("layers/dense/vars").create_dataset("0", data=values.astype(">f4"))
+    got = read_keras_h5(path)["dense/0"]
+    assert got.dtype.isnative and got.dtype == np.float32 and np.array_equal(got, values)

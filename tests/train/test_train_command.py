@@ -27,7 +27,7 @@ def test_train_command_from_an_architecture_file(tmp_path, capsys):
 
 
 def test_train_command_reports_a_bad_model_name(capsys):
-    assert main(["train", "--model", "resnet50", "--epochs", "1"]) == 2
+    assert main(["train", "--model", "resnet51", "--epochs", "1"]) == 2
     assert "--model must be one of" in capsys.readouterr().err
 
 
