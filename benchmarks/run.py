@@ -25,7 +25,7 @@ from benchmarks.worker import VGG16_CONV_SHAPES, conv_case_name
 HERE = Path(__file__).resolve().parent
 
 MODEL_CASES = ["vgg16_infer_b1", "vgg16_infer_b8", "vgg16_train_b8", "small_train_b128", "resnet50_infer_b1",
-               "resnet50_infer_b8", "resnet18_train_b32"]
+               "resnet50_infer_b8", "resnet18_train_b32", "mobilenet_v2_infer_b8"]
 CONV_CASES = [conv_case_name(*shape) for shape in VGG16_CONV_SHAPES]
 FRAMEWORKS = ("cnnkit", "torch")
 

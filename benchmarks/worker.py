@@ -4,7 +4,8 @@ Run by ``benchmarks/run.py``; never imports both frameworks (their thread pools 
     python -m benchmarks.worker --framework cnnkit --case vgg16_infer_b8 --repeats 5
     python -m benchmarks.worker --framework torch --case resnet18_train_b32 --repeats 1 --size 32   # a quick check
 
-``--size`` changes the image size of the ResNet cases (224 by default, as timed) to check quickly that one runs.
+``--size`` changes the image size of the ResNet and MobileNetV2 cases (224 by default, as timed) to check
+quickly that one runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ SMALL_BATCH = 128
 TRAIN_WARMUP = 3
 #: ResNet cases: (depth, training?) by case-name prefix; the batch is the number after "_b"
 RESNET_CASES = {"resnet50_infer": (50, False), "resnet18_train": (18, True)}
+MOBILENET_INFER = "mobilenet_v2_infer_b"
+#: torchvision's MobileNetV2 blocks: (expansion t, output channels c, blocks n, first stride s)
+MOBILENET_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                     (6, 320, 1, 1))
 
 
 def resnet_case(case: str) -> tuple[int, bool, int] | None:
@@ -34,6 +39,12 @@ def resnet_case(case: str) -> tuple[int, bool, int] | None:
     if prefix not in RESNET_CASES or not batch.isdigit():
         return None
     return (*RESNET_CASES[prefix], int(batch))
+
+
+def mobilenet_batch(case: str) -> int | None:
+    """The batch of a MobileNetV2 inference case such as ``mobilenet_v2_infer_b8``, else None."""
+    batch = case[len(MOBILENET_INFER):]
+    return int(batch) if case.startswith(MOBILENET_INFER) and batch.isdigit() else None
 
 
 def conv_case_name(size: int, cin: int, cout: int) -> str:
@@ -89,6 +100,11 @@ def cnnkit_case(case: str, repeats: int, image_size: int = 224) -> dict:
     rng = np.random.default_rng(0)
     if resnet_case(case):
         return cnnkit_resnet(*resnet_case(case), image_size, repeats)
+    if mobilenet_batch(case):
+        batch = mobilenet_batch(case)
+        model = cnnkit.models.mobilenet_v2(input_shape=(image_size, image_size, 3))
+        x = rng.standard_normal((batch, image_size, image_size, 3), dtype=np.float32)
+        return {"times": time_calls(lambda: model.forward(x), repeats), "images": batch}
     if case.startswith("vgg16_infer_b"):
         batch = int(case.rsplit("b", 1)[1])
         model = cnnkit.models.vgg16()
@@ -179,6 +195,34 @@ def torch_resnet(nn, depth: int):
     return nn.Sequential(*layers)
 
 
+def torch_mobilenet_v2(nn):
+    """torchvision's MobileNetV2 (width 1) written out in plain modules: torchvision is not a dependency."""
+    def conv_bn_relu6(cin, cout, kernel, stride=1, groups=1):
+        return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU6(inplace=True)]
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, cout, stride, expansion):
+            super().__init__()
+            hidden = cin * expansion
+            expand = conv_bn_relu6(cin, hidden, 1) if expansion != 1 else []
+            self.branch = nn.Sequential(*expand, *conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                                        nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.branch(x) if self.residual else self.branch(x)
+
+    layers, channels = conv_bn_relu6(3, 32, 3, 2), 32
+    for expansion, cout, blocks, stride in MOBILENET_SETTING:   # width 1: every count is a multiple of 8
+        for index in range(blocks):
+            layers.append(InvertedResidual(channels, cout, stride if index == 0 else 1, expansion))
+            channels = cout
+    layers += conv_bn_relu6(channels, 1280, 1)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
 def torch_resnet_case(depth: int, training: bool, batch: int, size: int, repeats: int) -> dict:
     import torch
     from torch import nn
@@ -208,6 +252,14 @@ def torch_case(case: str, repeats: int, image_size: int = 224) -> dict:
     torch.manual_seed(0)
     if resnet_case(case):
         return torch_resnet_case(*resnet_case(case), image_size, repeats)
+    if mobilenet_batch(case):
+        model = torch_mobilenet_v2(nn).eval()
+        x = torch.randn(mobilenet_batch(case), 3, image_size, image_size)
+
+        def infer_mobilenet():
+            with torch.inference_mode():
+                model(x)
+        return {"times": time_calls(infer_mobilenet, repeats), "images": mobilenet_batch(case)}
     if case.startswith("vgg16_infer_b"):
         batch = int(case.rsplit("b", 1)[1])
         model = torch_vgg16(nn).eval()
@@ -252,7 +304,7 @@ def main() -> None:
     parser.add_argument("--framework", choices=("cnnkit", "torch"), required=True)
     parser.add_argument("--case", required=True)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=224, help="image size of the ResNet cases (224 when timed)")
+    parser.add_argument("--size", type=int, default=224, help="image size of the ResNet and MobileNetV2 cases (224 when timed)")
     args = parser.parse_args()
     run = cnnkit_case if args.framework == "cnnkit" else torch_case
     result = run(args.case, args.repeats, args.size)

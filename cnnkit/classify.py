@@ -19,8 +19,9 @@ MODES = IMAGENET_MODES + PLAIN_MODES
 
 
 def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, width: float = 1.0):
-    """A model to run: a cnnkit model file alone, or a VGG or ResNet architecture and a weights file
-    of any source. ``batch_norm`` chooses a VGG's variant (a ResNet always has batch norm)."""
+    """A model to run: a cnnkit model file alone, or a VGG, ResNet or MobileNetV2 architecture and a
+    weights file of any source. ``batch_norm`` chooses a VGG's variant (the others always have batch
+    norm); ``width`` is the channel multiplier (MobileNetV2's ``width_mult``)."""
     from pathlib import Path
 
     from .checkpoint import is_cnnkit_file, load
@@ -38,7 +39,7 @@ def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, 
         return load(weights)
     if arch not in PRETRAINED_ARCHS:
         raise ConfigError(f"--arch must be one of {', '.join(PRETRAINED_ARCHS)}; received {arch!r}")
-    options = {"width": width}
+    options = {"width_mult" if arch == "mobilenet_v2" else "width": width}
     if batch_norm:
         if not arch.startswith("vgg"):
             raise ConfigError(f"--batch-norm chooses the VGG variant with batch norm; {arch} always has batch "
@@ -130,18 +131,23 @@ def classify(model, paths: Sequence[str], top: int = 5, mode: str | None = None,
 
 def feature_layer(model, layer: str | None = None) -> str:
     """The node to read features at: ``layer`` when given; else ``fc7`` when the model has it (a
-    VGG), else the node its last ``Dense`` reads (``avgpool`` of a ResNet: the pooled features),
-    else its output."""
+    VGG), else the node its last ``Dense`` reads, before any dropout (``avgpool`` of a ResNet or a
+    MobileNetV2: the pooled features), else its output."""
     if layer is not None:
         return layer
     names = model.node_names()
     if "fc7" in names:
         return "fc7"
-    from .layers import Dense
-    for step in reversed(model.plan.steps):
+    from .layers import Dense, Dropout
+    plan = model.plan
+    for step in reversed(plan.steps):
         if isinstance(step.layer, Dense):
-            return names[step.inputs[0]]
-    return names[model.plan.outputs[0]]
+            tensor = step.inputs[0]
+            # dropout is the identity at inference: its input is the same features, under the name users know
+            while tensor in plan.producer and isinstance(plan.steps[plan.producer[tensor]].layer, Dropout):
+                tensor = plan.steps[plan.producer[tensor]].inputs[0]
+            return names[tensor]
+    return names[plan.outputs[0]]
 
 
 def extract_features(model, paths: Sequence[str], layer: str, mode: str | None = None,

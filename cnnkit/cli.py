@@ -332,8 +332,9 @@ def _positive_int(text: str) -> int:
 
 def _add_width_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--width", type=_positive_float, default=1.0,
-                         help="channel width multiplier of the weights' VGG or ResNet (1 for the released "
-                              "weights; e.g. 0.25 for a narrow network trained with cnnkit's width=0.25)")
+                         help="channel width multiplier of the weights' VGG or ResNet (width=), or MobileNetV2 "
+                              "(width_mult=) (1 for the released weights; e.g. 0.25 for a narrow network trained "
+                              "with cnnkit's width=0.25)")
 
 
 def _add_weights_options(command: argparse.ArgumentParser) -> None:
@@ -390,9 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     features = commands.add_parser("features", help="extract features of photos at a named layer")
     _add_weights_options(features)
     features.add_argument("--layer", default=None,
-                          help="node name, e.g. fc7, pool5, conv4_3 (VGG) or layer3, layer4.1, avgpool (ResNet); "
-                               "default: fc7 of a VGG, the input of the classifier of other networks (avgpool "
-                               "of a ResNet)")
+                          help="node name, e.g. fc7, pool5, conv4_3 (VGG), layer3, layer4.1, avgpool (ResNet) or "
+                               "features.13, features (MobileNetV2); default: fc7 of a VGG, the input of the "
+                               "classifier of other networks (avgpool of a ResNet or MobileNetV2)")
     features.add_argument("--out", required=True, help="output .npy file: one row per image, in the given order")
     features.set_defaults(run=_features)
 

@@ -1,7 +1,9 @@
-"""Pretrained VGG and ResNet weights as users have them, mapped onto cnnkit's layer names and layouts.
+"""Pretrained VGG, ResNet and MobileNetV2 weights as users have them, mapped onto cnnkit's layer names
+and layouts.
 
 ResNets (torchvision's layout, timm's ResNets, cnnkit's own) are mapped by
-:mod:`cnnkit.io.resnet_layout`: their keys are cnnkit's names. VGG sources, recognised by their keys:
+:mod:`cnnkit.io.resnet_layout`, MobileNetV2 (torchvision's layout, cnnkit's own) by
+:mod:`cnnkit.io.mobilenet_layout`: their keys are cnnkit's names. VGG sources, recognised by their keys:
 
 - ``torchvision``: ``features.N.weight`` (OIHW), ``classifier.{0,3,6}.weight`` (out, in). ``N`` is
   the layer's position in ``features`` (conv, [batch norm], ReLU, ..., max-pool), which is also
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
-from . import keras3, resnet_layout
+from . import keras3, mobilenet_layout, resnet_layout
 from .keras_archive import is_keras_archive, read_keras_archive
 from .keras_h5 import read_keras_h5_with_names
 from .safetensors_io import read_safetensors, read_safetensors_metadata
@@ -89,21 +91,25 @@ def read_weights(path) -> dict[str, np.ndarray]:
 def detect_source(state: dict[str, np.ndarray], model=None) -> str:
     """Which release a state dict comes from: ``torchvision``, ``timm``, ``keras`` or ``cnnkit``.
 
-    For a ResNet ``model`` (see :mod:`cnnkit.io.resnet_layout`): ``torchvision`` (timm's ResNets
-    have the same keys and layouts) or ``cnnkit``; without a model, the VGG releases.
+    For a ResNet or MobileNetV2 ``model`` (see :func:`graph_layout`): ``torchvision`` (timm's
+    ResNets have the same keys and layouts) or ``cnnkit``; without a model, the VGG releases.
     """
-    if model is not None and resnet_layout.is_resnet(model):
-        return resnet_layout.detect(state, model)
+    layout = graph_layout(model) if model is not None else None
+    if layout is not None:
+        return layout.detect(state, model)
     keys = set(state)
+    sample = sorted(keys)[:5]
     if any(key.startswith(("pre_logits.", "head.fc.")) for key in keys):
         return "timm"
+    if "features.1.conv.0.0.weight" in keys:
+        raise WeightsError(f"these are MobileNetV2 weights (first keys: {sample}), not VGG weights; build it "
+                           f"with cnnkit.models.mobilenet_v2(weights=path)")
     if any(key.startswith("features.") for key in keys):
         return "torchvision"
     if any(key.startswith("block1_conv1/") for key in keys):
         return "keras"
     if any(key.startswith("conv1_1.") for key in keys):
         return "cnnkit"
-    sample = sorted(keys)[:5]
     if "layer1.0.conv1.weight" in keys:
         raise WeightsError(f"these are ResNet weights (first keys: {sample}), not VGG weights; build the ResNet "
                            f"they were trained as, e.g. cnnkit.models.resnet50(weights=path)")
@@ -134,11 +140,11 @@ def to_cnnkit(state: dict[str, np.ndarray], model, source: str, include_top: boo
 
 
 def load_pretrained(model, path, include_top: bool | None = None) -> str:
-    """Load a VGG or ResNet weights file into ``model``; return the source detected.
+    """Load a VGG, ResNet or MobileNetV2 weights file into ``model``; return the source detected.
 
     Every key and shape is checked before anything is copied, and all mismatches are reported
-    at once. ``include_top=False`` loads only the convolutional part (the file's fc6-fc8, or a
-    ResNet's fc, are ignored and the model's, if any, keep their values); by default the top is
+    at once. ``include_top=False`` loads only the convolutional part (the file's fc6-fc8, a
+    ResNet's fc or a MobileNetV2's classifier are ignored and the model's, if any, keep their values); by default the top is
     loaded when the model has one. Sets ``model.meta["preprocessing"]`` to the mode the weights
     were trained with.
     """
@@ -162,6 +168,18 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
     return source
 
 
+def graph_layout(model):
+    """The module that maps the architecture of ``model`` named after its source's modules
+    (:mod:`~cnnkit.io.resnet_layout`, :mod:`~cnnkit.io.mobilenet_layout`), or None for a VGG, whose
+    keys are mapped here. Each offers ``detect``, ``array_copy``, ``hint``, ``has_top``,
+    ``TOP_LAYERS`` and ``TOP_PREFIXES``."""
+    if resnet_layout.is_resnet(model):
+        return resnet_layout
+    if mobilenet_layout.is_mobilenet(model):
+        return mobilenet_layout
+    return None
+
+
 def keras_layer_order(model) -> dict[str, list[str]]:
     """The Keras names of a VGG's layers for each Keras kind, in the order Keras creates them.
 
@@ -183,7 +201,7 @@ def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict
     """Keras 3 weights that name no layer, named after ``model``'s structure; other weights as they are."""
     if not keras3.is_storage_layout(state):
         return state
-    if resnet_layout.is_resnet(model):
+    if graph_layout(model) is not None:
         raise WeightsError(f"{where}: Keras 3 weights that name no layer are mapped by the model's Keras layer "
                            f"order, which cnnkit knows for VGG only so far, not for {model.name}; load a "
                            ".weights.h5 written by Keras 3.15 or later, or a .keras file, whose layers are named")
@@ -199,11 +217,13 @@ def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict
 def _has_top(model, include_top: bool | None) -> bool:
     if include_top is not None:
         return include_top
-    return resnet_layout.has_top(model) if resnet_layout.is_resnet(model) else "fc6" in model.layer_names()
+    layout = graph_layout(model)
+    return layout.has_top(model) if layout is not None else "fc6" in model.layer_names()
 
 
 def _top_layers(model) -> tuple[str, ...]:
-    return resnet_layout.TOP_LAYERS if resnet_layout.is_resnet(model) else TOP
+    layout = graph_layout(model)
+    return layout.TOP_LAYERS if layout is not None else TOP
 
 
 def _is_cnnkit_model_file(path) -> bool:
@@ -236,14 +256,14 @@ class _Copy:
 
 
 def _plan(model, source: str, include_top: bool) -> dict[str, _Copy]:
-    resnet, top = resnet_layout.is_resnet(model), _top_layers(model)
+    layout, top = graph_layout(model), _top_layers(model)
     plan = {}
     for name, target in model.state_dict().items():
         layer, _, local = name.rpartition(".")   # layer names may hold dots (layer1.0.conv1)
         if layer in top and not include_top:
             continue
-        if resnet:
-            key, shape, kind = resnet_layout.resnet_copy(layer, local, target.shape, source)
+        if layout is not None:
+            key, shape, kind = layout.array_copy(layer, local, target.shape, source)
             plan[name] = _Copy(key, shape, RELAYOUTS[kind])
         else:
             plan[name] = _copy_for(model, source, layer, local, target.shape)
@@ -343,15 +363,15 @@ def _check(state, plan: dict[str, _Copy], model, source: str, include_top: bool)
     wrong = [f"{_named(copy.key, name)}: file {tuple(np.shape(state[copy.key]))}, model needs {copy.shape}"
              for name, copy in plan.items()
              if copy.key in state and tuple(np.shape(state[copy.key])) != copy.shape]
-    resnet = resnet_layout.is_resnet(model)
-    unexpected = [key for key in state if key not in wanted and not _ignorable(key, source, include_top, resnet)]
+    layout = graph_layout(model)
+    unexpected = [key for key in state if key not in wanted and not _ignorable(key, source, include_top, layout)]
     problems = [f"{len(found)} {what}: {', '.join(found)}"
                 for what, found in (("missing keys", missing), ("unexpected keys", unexpected),
                                     ("wrong shapes", wrong)) if found]
     if problems:
         top_missing = any(name.rpartition(".")[0] in _top_layers(model) for name in plan
                           if plan[name].key not in state)
-        hint = (resnet_layout.hint(state, model, bool(wrong), top_missing) if resnet
+        hint = (layout.hint(state, model, bool(wrong), top_missing) if layout is not None
                 else _hint(state, model, source, bool(wrong), top_missing))
         raise WeightsError("; ".join(problems) + (f". {hint}" if hint else ""))
 
@@ -361,10 +381,10 @@ def _named(key: str, name: str) -> str:
     return key if key == name else f"{key} ({name})"
 
 
-def _ignorable(key: str, source: str, include_top: bool, resnet: bool = False) -> bool:
+def _ignorable(key: str, source: str, include_top: bool, layout=None) -> bool:
     if key.endswith("num_batches_tracked"):
         return True
-    prefixes = resnet_layout.TOP_PREFIXES if resnet else TOP_PREFIXES[source]
+    prefixes = layout.TOP_PREFIXES if layout is not None else TOP_PREFIXES[source]
     return not include_top and key.startswith(prefixes)
 
 

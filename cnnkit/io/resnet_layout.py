@@ -20,7 +20,7 @@ import re
 
 from ..errors import WeightsError
 
-#: re-layout kinds of :func:`resnet_copy`, as :mod:`cnnkit.io.pretrained` names its fills
+#: re-layout kinds of :func:`array_copy`, as :mod:`cnnkit.io.pretrained` names its fills
 ASSIGN, FROM_OIHW, FROM_OUT_IN = "assign", "oihw", "out_in"
 TOP_LAYERS = ("fc",)
 TOP_PREFIXES = ("fc.",)
@@ -57,7 +57,7 @@ def detect(state: dict, model) -> str:
     return "torchvision"
 
 
-def resnet_copy(layer: str, local: str, shape: tuple[int, ...], source: str) -> tuple[str, tuple[int, ...], str]:
+def array_copy(layer: str, local: str, shape: tuple[int, ...], source: str) -> tuple[str, tuple[int, ...], str]:
     """The file key, the shape it must have there and the re-layout kind for the model array
     ``layer.local`` of ``shape``."""
     key = f"{layer}.{local}"

@@ -1,4 +1,4 @@
-"""The options every ImageNet architecture function shares (VGG, ResNet), checked in one place."""
+"""The options every ImageNet architecture function shares (VGG, ResNet, MobileNetV2), checked in one place."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ POOLINGS = (None, "avg", "max")
 CLASSIFIER_ACTIVATIONS = ("softmax", None)
 
 
-def check_options(label: str, include_top: bool, pooling, classifier_activation, width) -> None:
-    """Refuse an impossible combination of the shared options, naming ``label`` (``vgg``, ``resnet50``)."""
+def check_options(label: str, include_top: bool, pooling, classifier_activation, width,
+                  width_name: str = "width") -> None:
+    """Refuse an impossible combination of the shared options, naming ``label`` (``vgg``, ``resnet50``)
+    and the width multiplier by the argument's name ``width_name`` (MobileNet's ``width_mult``)."""
     if pooling not in POOLINGS:
         raise ConfigError(f"{label}: pooling must be one of {POOLINGS}; received pooling={pooling!r}")
     if include_top and pooling is not None:
@@ -18,7 +20,7 @@ def check_options(label: str, include_top: bool, pooling, classifier_activation,
         raise ConfigError(f"{label}: classifier_activation must be one of {CLASSIFIER_ACTIVATIONS}; "
                           f"received classifier_activation={classifier_activation!r}")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
-        raise ConfigError(f"{label}: width must be a positive number; received width={width!r}")
+        raise ConfigError(f"{label}: {width_name} must be a positive number; received {width_name}={width!r}")
 
 
 def check_weights_allocated(label: str, weights, allocate: bool) -> None:
