@@ -33,16 +33,24 @@ def summary_data(model, batch_size: int = 1) -> dict:
             "totals": _totals(model, rows), "memory": _memory(model, batch_size)}
 
 
+def node_fields(model) -> dict[int, tuple]:
+    """Tensor -> (smallest, largest) receptive field of one of its units, each a (height, width)
+    pair of :class:`~cnnkit.arithmetic.ReceptiveField`, along every path from the inputs."""
+    start = (ReceptiveField(), ReceptiveField())
+    fields = {t: (start, start) for t in model.plan.inputs}
+    for step in model.plan.steps:
+        fields[step.output] = _fields_after(step.layer, [fields[t] for t in step.inputs])
+    return fields
+
+
 def _node_rows(model) -> list[dict]:
     plan, names = model.plan, model.node_names()
-    start = (ReceptiveField(), ReceptiveField())
-    fields = {t: (start, start) for t in plan.inputs}   # tensor -> (smallest, largest) per axis
+    fields = node_fields(model)
     first_node: dict[int, str] = {}
     rows = []
     for step in plan.steps:
         layer = step.layer
-        smallest, largest = _fields_after(layer, [fields[t] for t in step.inputs])
-        fields[step.output] = smallest, largest
+        smallest, largest = fields[step.output]
         shared_with = first_node.setdefault(id(layer), step.name)
         first = shared_with == step.name
         trainable = sum(p.size for p in layer.parameters().values() if p.trainable)

@@ -6,17 +6,16 @@ import numpy as np
 
 from ..arithmetic import ReceptiveField
 from ..errors import ConfigError
+from ..summary import node_fields
 from ._figure import as_rgb, find_layer, new_figure
 from .activations import as_batch
 
 
 def field_of(model, layer: str | int) -> tuple[ReceptiveField, ReceptiveField]:
-    """The (height, width) receptive field of one unit of ``layer``, from the layers' own arithmetic."""
-    stop = model.index(find_layer(model, layer, "receptive_field").name)
-    field = (ReceptiveField(), ReceptiveField())
-    for block in model.layers[:stop + 1]:
-        field = block.receptive_field(field)
-    return field
+    """The (height, width) receptive field of one unit of ``layer``, from the layers' own arithmetic:
+    in a graph, the largest along the paths that reach it (what the summary shows)."""
+    name = find_layer(model, layer, "receptive_field").name
+    return node_fields(model)[model.tensor(name)][1]
 
 
 def receptive_box(model, layer: str | int, unit: tuple[int, int] | None = None, clip: bool = True

@@ -169,6 +169,18 @@ def test_receptive_box(trained, layer, unit, box):
     assert viz.receptive_box(trained, layer, unit) == tuple(np.clip(box, 0, 8))
 
 
+def test_receptive_box_in_a_graph_follows_the_longest_path():
+    """A 1x1 shortcut added to two 3x3 convolutions: the sum's units see 5x5 (the longer path),
+    not the 1x1 of the layer last in the list."""
+    import cnnkit
+    from cnnkit.layers import Add, Conv2d
+    image = cnnkit.Input((8, 8, 1))
+    long = Conv2d(2, 3, padding=1)(Conv2d(2, 3, padding=1)(image))
+    model = cnnkit.Model(image, Add(name="sum")([long, Conv2d(2, 1, name="shortcut")(image)]))
+    assert viz.receptive_box(model, "sum", (4, 4), clip=False) == (2, 2, 7, 7)
+    assert viz.receptive_box(model, "shortcut", (4, 4), clip=False) == (4, 4, 5, 5)
+
+
 @pytest.mark.matplotlib
 def test_receptive_field_picture(trained, digit, png_pixels, assert_picture):
     assert_picture(png_pixels(png_bytes(viz.receptive_field(trained, "conv2_2", digit))), min_size=(300, 300))
