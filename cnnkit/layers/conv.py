@@ -153,10 +153,10 @@ class _Convolution(Layer):
         return self._fold
 
     def _filters(self, dtype) -> dict:
-        """The cache of the weight's transformed filters that :func:`cnnkit.ops.conv2d` fills: a new
-        one whenever the weight changed (its version, or its array) or the dtype computed in did."""
-        weight = self._params["weight"]
-        key = (weight.version, id(weight.value), dtype)
+        """The cache of the weight's transformed filters (and the weight packed with the bias) that
+        :func:`cnnkit.ops.conv2d` fills: a new one whenever the weight or the bias changed (their
+        versions, or their arrays) or the dtype computed in did."""
+        key = (self.state_version(), dtype)
         if self._filter_key != key:
             self._filter_key, self._filter_cache = key, {}
         return self._filter_cache
