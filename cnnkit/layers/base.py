@@ -122,7 +122,8 @@ class Layer(ABC):
         the caller hands ``x`` over (nobody reads it afterwards), so the layer may compute in its
         memory. ``activation``: one of :attr:`fusable_activations`, applied to the output as it is
         written; the backward then applies its derivative as it reads the gradient. Only an
-        executor that knows who reads what passes these two.
+        executor that knows who reads what passes these two (and ``fold=layer``, in inference, to
+        a layer that :attr:`folds_affine`).
 
         Layers written to the first contract (``forward`` keeping a cache in ``self._cache``,
         ``backward`` reading it) still work through this default, but such a layer object cannot
