@@ -123,8 +123,9 @@ def test_a_folded_batch_norm_allocates_nothing_of_its_own():
 
 @pytest.mark.parametrize("fold", [True, False])
 def test_resnet18_inference_live_set_matches_the_measured_peak_folded_or_not(compiled_kernels, fold):
-    model = cnnkit.models.resnet18(input_shape=(112, 112, 3), num_classes=10)
-    x = np.random.default_rng(0).standard_normal((BATCH, 112, 112, 3), dtype=np.float32)
+    # at 224 the activations dwarf the kernels' per-worker blocks (about 1 MB each, not counted)
+    model = cnnkit.models.resnet18(num_classes=10)
+    x = np.random.default_rng(0).standard_normal((BATCH, 224, 224, 3), dtype=np.float32)
     with cnnkit.runtime(fold_batch_norm=fold):
         memory = model.summary(batch_size=BATCH, format="dict")["memory"]
         model.predict(x, batch_size=BATCH)   # the first call caches folded weights and Winograd filters
@@ -133,4 +134,7 @@ def test_resnet18_inference_live_set_matches_the_measured_peak_folded_or_not(com
         model.predict(x, batch_size=BATCH)
         peak = tracemalloc.get_traced_memory()[1] - start
         tracemalloc.stop()
-    assert abs(peak - memory["inference_activations_bytes"]) <= 0.15 * peak
+    # folded, the stem's batch norm allocates nothing: the peak moves from bn1 (conv1's output and
+    # bn1's) to the max pooling (the stem's output and the pool's)
+    assert memory["inference_peak_at"] == ("maxpool" if fold else "bn1")
+    assert abs(peak - memory["inference_activations_bytes"]) <= 0.05 * peak
