@@ -283,7 +283,7 @@ def transposed_windows(in_sizes: tuple[int, int], kernel_size, stride, padding, 
       the kernel leaves ``S - D*(K-1) - 1`` rows of bias alone at the end);
     - ``"same"``: ``out = H*S``, cropping ``D*(K-1) + 1 - S`` rows, the odd one after: the exact
       transpose of ``Conv2d(padding="same")`` on an ``H*S`` input (TensorFlow's rule, which Keras 3
-      keeps on every backend). PyTorch has no padding that crops unevenly.
+      computes on the torch backend too, checked in the tests). PyTorch has no padding that crops unevenly.
     """
     kernel = as_pair(kernel_size, "kernel_size", layer)
     strides = as_pair(stride, "stride", layer)

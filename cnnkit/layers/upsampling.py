@@ -20,7 +20,7 @@ class UpSampling2d(Layer):
             and Keras's default) or ``"bilinear"``.
         align_corners: bilinear only, PyTorch's two conventions: ``False`` (half-pixel centres:
             output row ``o`` samples ``max((o + 1/2)/s - 1/2, 0)``, the edges clamped; this is what
-            Keras 3's ``UpSampling2D(interpolation="bilinear")`` computes, on every backend) or
+            Keras 3's ``UpSampling2D(interpolation="bilinear")`` computes, checked on its torch backend) or
             ``True`` (the corner pixels' centres coincide: row ``o`` samples ``o*(H-1)/(H*s-1)``,
             old Keras 2 / TF1 ``align_corners=True``). ``True`` with nearest is refused, as PyTorch does.
 
