@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Union
 
 from .errors import ConfigError
@@ -247,6 +248,156 @@ def _tap_rows(in_size: int, window: Window, tap: int) -> list[int]:
     return [row for row in range(first, first + outputs * window.stride, window.stride) if 0 <= row < in_size]
 
 
+# ----------------------------------------------------------------- transposed convolution
+
+TRANSPOSED_PADDING_MODES = ("valid", "same")
+
+
+def conv_transpose_output_size(in_size: int, kernel: int, stride: int, padding: int, output_padding: int,
+                               dilation: int) -> int:
+    """Output size of a transposed convolution along one axis (PyTorch's ``ConvTranspose2d``)::
+
+        out = (H - 1)*S - 2P + D*(K - 1) + output_padding + 1
+
+    Every input pixel spreads its K taps, D apart, from position ``i*S`` of a line of
+    ``(H - 1)*S + D*(K - 1) + 1``; P is cropped from both ends and ``output_padding`` added at the
+    end (that is how one of the ``S`` input sizes a strided convolution maps to the same size is
+    chosen back). It is the convolution output formula solved for the input size.
+    """
+    return (in_size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def transposed_windows(in_sizes: tuple[int, int], kernel_size, stride, padding, output_padding, dilation,
+                       layer: str) -> tuple[Geometry, tuple[int, int]]:
+    """``(geometry, (Ho, Wo))`` of a transposed convolution on an ``(H, W)`` plane.
+
+    A transposed convolution is the input gradient of a convolution: ``geometry`` is that
+    convolution's windows (kernel, stride, dilation, and as padding the rows cropped before and
+    after the line of ``(H - 1)*S + D*(K - 1) + 1`` the taps cover), on an input of
+    ``Ho - extra`` rows, where ``extra = Ho + P_before + P_after - line`` rows of zeros close the
+    output (``output_padding`` beyond P, or a stride longer than the kernel). ``padding`` is an int
+    or a pair (PyTorch's P, both sides) with ``output_padding`` an int or a pair smaller than
+    ``max(S, D)``, or Keras's ``Conv2DTranspose`` strings (``output_padding`` 0):
+
+    - ``"valid"``: nothing cropped, ``out = (H - 1)*S + max(D*(K - 1) + 1, S)`` (a stride longer than
+      the kernel leaves ``S - D*(K-1) - 1`` rows of bias alone at the end);
+    - ``"same"``: ``out = H*S``, cropping ``D*(K-1) + 1 - S`` rows, the odd one after: the exact
+      transpose of ``Conv2d(padding="same")`` on an ``H*S`` input (TensorFlow's rule, which Keras 3
+      computes on the torch backend too, checked in the tests). PyTorch has no padding that crops unevenly.
+    """
+    kernel = as_pair(kernel_size, "kernel_size", layer)
+    strides = as_pair(stride, "stride", layer)
+    dilations = as_pair(dilation, "dilation", layer)
+    for k, s, d in zip(kernel, strides, dilations):
+        check_positive(k, "kernel_size", layer, "the window must cover at least one pixel")
+        check_positive(s, "stride", layer, "the window must move by at least one pixel")
+        check_positive(d, "dilation", layer, "kernel taps must be at least one pixel apart")
+    extras = _output_paddings(padding, output_padding, layer)
+    windows, out = [], []
+    for axis, (size, k, s, d) in enumerate(zip(in_sizes, kernel, strides, dilations)):
+        before, length = _transposed_axis(padding, extras[axis], size, k, s, d, axis, layer)
+        line = (size - 1) * s + d * (k - 1) + 1
+        windows.append(Window(k, s, before, max(line - before - length, 0), d))
+        out.append(length)
+    return Geometry(windows), (out[0], out[1])
+
+
+def _output_paddings(padding, output_padding, layer: str) -> tuple[int, int]:
+    """``output_padding`` as a pair of ints >= 0; only numeric padding takes a non-zero one."""
+    extras = as_pair(output_padding, "output_padding", layer)
+    if min(extras) < 0:
+        raise ConfigError(f"{layer}: output_padding must be >= 0; received output_padding={output_padding!r}")
+    if isinstance(padding, str) and any(extras):
+        raise ConfigError(f"{layer}: output_padding applies to numeric padding only; padding={padding!r} fixes "
+                          f"the output size (Keras's rule: 'same' gives H*S, 'valid' (H-1)*S + max(D*(K-1)+1, S)); "
+                          f"received output_padding={output_padding!r}; use padding=P with output_padding, "
+                          f"or output_padding=0")
+    return extras
+
+
+def _transposed_axis(padding, extra: int, size: int, k: int, s: int, d: int, axis: int,
+                     layer: str) -> tuple[int, int]:
+    """``(rows cropped before, output size)`` of a transposed convolution along one axis."""
+    span = d * (k - 1) + 1
+    name = "HW"[axis]
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, (size - 1) * s + max(span, s)
+        if padding == "same":
+            return max(span - s, 0) // 2, size * s
+        raise ConfigError(f"{layer}: padding must be an int, a pair of ints or one of {TRANSPOSED_PADDING_MODES}; "
+                          f"received padding={padding!r}")
+    pad = as_pair(padding, "padding", layer)[axis]
+    if pad < 0:
+        raise ConfigError(f"{layer}: padding must be >= 0; received padding={padding!r}")
+    if extra >= max(s, d):
+        raise ConfigError(f"{layer}: output_padding must be smaller than the stride or the dilation along {name} "
+                          f"(max(S, D) = {max(s, d)}); received output_padding={extra}; it picks one of the "
+                          f"{max(s, d)} output sizes a convolution maps back to the same input size")
+    out = conv_transpose_output_size(size, k, s, pad, extra, d)
+    if out < 1:
+        raise ConfigError(f"{layer}: padding={pad} leaves no output along {name}: "
+                          f"(H-1)*S - 2P + D*(K-1) + output_padding + 1 = ({size}-1)*{s} - 2*{pad} + "
+                          f"{d}*({k}-1) + {extra} + 1 = {out}; lower padding")
+    line = (size - 1) * s + span
+    if pad >= line:
+        raise ConfigError(f"{layer}: padding={pad} crops every row the taps write along {name} "
+                          f"((H-1)*S + D*(K-1) + 1 = ({size}-1)*{s} + {d}*({k}-1) + 1 = {line}): the output "
+                          f"would be the bias alone; lower padding")
+    return pad, out
+
+
+def transposed_unread_rows(in_size: int, window: Window, out_size: int) -> int:
+    """Input rows (or columns) of a transposed convolution that reach no output row: every
+    position ``i*S + t*D`` their taps write is cropped (``window`` as :func:`transposed_windows`
+    gives it, its padding before the crop)."""
+    first, stop = window.pad_before, window.pad_before + out_size
+    return sum(1 for row in range(in_size)
+               if not any(first <= row * window.stride + tap * window.dilation < stop for tap in range(window.kernel)))
+
+
+def transposed_field(field: "ReceptiveField", window: Window) -> "ReceptiveField":
+    """The receptive field after a transposed convolution (``window`` as :func:`transposed_windows`
+    gives it): the units get S times denser, and each sees a few neighbouring input units.
+
+    Output unit o is written by input units ``i`` with ``o + P_before = i*S + t*D``, taps t < K: its
+    centre lies at input unit ``(o + P_before - D*(K-1)/2) / S`` (the window it transposes, read
+    backwards) and the units it sees span ``floor((K-1)*g/S) * D/g`` input units at most (g =
+    gcd(S, D): the taps whose positions a multiple of S apart)::
+
+        size'  = size + floor((K-1)*g/S) * (D/g) * jump
+        jump'  = jump / S
+        start' = start + (P_before - D*(K-1)/2) / S * jump
+    """
+    k, s, d = window.kernel, window.stride, window.dilation
+    g = math.gcd(s, d)
+    return field.resampled(Fraction(1, s), Fraction(2 * window.pad_before - d * (k - 1), 2 * s),
+                           ((k - 1) * g // s) * (d // g))
+
+
+INTERPOLATIONS = ("nearest", "bilinear")
+
+
+def upsampled_field(field: "ReceptiveField", in_size: int, factor: int, interpolation: str,
+                    align_corners: bool) -> "ReceptiveField":
+    """The receptive field after upsampling one axis of ``in_size`` units by ``factor``.
+
+    Nearest copies input unit ``floor(o/factor)``; bilinear mixes the two units around
+    ``(o + 1/2)/factor - 1/2`` (``align_corners=False``, the half-pixel rule) or
+    ``o*(H - 1)/(H*factor - 1)`` (``align_corners=True``). Either way the units get ``factor``
+    times denser (with aligned corners ``(H*factor - 1)/(H - 1)`` times) and the half-pixel
+    centre of unit 0 lies ``(factor - 1)/(2*factor)`` units before input unit 0's (nearest too:
+    its units' centres average there); bilinear adds one input unit to the field::
+
+        size' = size + [bilinear] * jump,  jump' = jump * step,  start' = start + first * jump
+    """
+    reach = int(interpolation == "bilinear" and in_size > 1)
+    out_size = in_size * factor
+    if align_corners and out_size > 1:
+        return field.resampled(Fraction(in_size - 1, out_size - 1), Fraction(0), reach)
+    return field.resampled(Fraction(1, factor), Fraction(1 - factor, 2 * factor), reach)
+
+
 # ----------------------------------------------------------------- learnable parameters
 
 def conv_params(filters: int, kernel: tuple[int, int], in_channels: int, bias: bool = True) -> int:
@@ -325,11 +476,13 @@ class ReceptiveField:
 
     ``size`` is how many input pixels one unit sees, ``jump`` the distance in input pixels
     between two neighbouring units, and ``start`` the input coordinate of the centre of the
-    first unit's field (negative when it lies in the padding).
+    first unit's field (negative when it lies in the padding). After upsampling (a transposed
+    convolution, :class:`~cnnkit.layers.UpSampling2d`) units are closer than a pixel: ``jump`` is
+    then an exact :class:`~fractions.Fraction`, and ``size`` is rounded up to whole pixels.
     """
 
     size: int = 1
-    jump: int = 1
+    jump: int | Fraction = 1
     start: float = 0.5
     whole: bool = False
 
@@ -341,18 +494,38 @@ class ReceptiveField:
             start' = start + ((D*(K-1))/2 - P_before) * jump
         """
         span = window.effective_kernel - 1
-        return ReceptiveField(size=self.size + span * self.jump,
-                              jump=self.jump * window.stride,
-                              start=self.start + (span / 2 - window.pad_before) * self.jump,
-                              whole=self.whole)
+        return self.resampled(Fraction(window.stride), Fraction(span, 2) - window.pad_before, span)
 
     def covering(self, in_size: int) -> "ReceptiveField":
         """The field of a unit that sees every unit of its input (after Flatten, global pooling).
 
         ``size`` may exceed the image: it counts the padding the outermost units see.
         """
-        return ReceptiveField(size=self.size + (in_size - 1) * self.jump, jump=self.jump * in_size,
-                              start=self.start + (in_size - 1) / 2 * self.jump, whole=True)
+        return ReceptiveField(size=_pixels(self.size + (in_size - 1) * self.jump), jump=_exact(self.jump * in_size),
+                              start=self.start + float((in_size - 1) * self.jump) / 2, whole=True)
+
+    def resampled(self, step: Fraction, first: Fraction, reach: int) -> "ReceptiveField":
+        """The field after a layer whose output unit o sees the input units within ``reach/2`` of
+        input unit ``first + o*step`` (a convolution: ``step = S``, ``first = D*(K-1)/2 - P``,
+        ``reach = D*(K-1)``, which :meth:`through` computes; an upsampling layer: a step below 1)::
+
+            size'  = size + reach * jump   (rounded up to whole pixels)
+            jump'  = jump * step
+            start' = start + first * jump
+        """
+        return ReceptiveField(size=_pixels(self.size + reach * self.jump), jump=_exact(self.jump * step),
+                              start=self.start + float(first * self.jump), whole=self.whole)
+
+
+def _exact(value) -> int | Fraction:
+    """A jump as an int when it is whole, else as the exact fraction."""
+    value = Fraction(value)
+    return int(value) if value.denominator == 1 else value
+
+
+def _pixels(value) -> int:
+    """A field's extent in whole pixels (rounded up when units are closer than a pixel)."""
+    return math.ceil(value)
 
 
 def merged_field(fields: "list[ReceptiveField]") -> ReceptiveField:

@@ -19,12 +19,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .arithmetic import window_output_size, windows_2d
+from .arithmetic import transposed_windows, window_output_size, windows_2d
 from .errors import CnnkitError, WeightsError
 from .graph_config import parse_graph
 from .io import read_safetensors, read_safetensors_metadata  # noqa: F401 (read_safetensors_metadata: older imports)
 from .io.safetensors_io import read_safetensors_shapes
-from .layers import BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, PReLU
+from .layers import BatchNorm2d, Conv2d, Conv2dTranspose, Dense, DepthwiseConv2d, PReLU
 from .model import Model, Sequential
 from .model_file import (FORMAT_VERSION, MODEL_FORMAT, TRAINING_FORMAT, TrainingCheckpoint,  # noqa: F401
                          architecture, cnnkit_metadata, is_cnnkit_file, load_training_checkpoint,
@@ -162,7 +162,7 @@ def _planned_layer(layer, shape, strict: bool) -> tuple[int, tuple[int, ...]] | 
     parameters are placeholders that hold no numbers. None means a hyper-parameter is not a
     positive int, which the real build reports.
     """
-    if not isinstance(layer, (Conv2d, DepthwiseConv2d, Dense, BatchNorm2d, PReLU)):
+    if not isinstance(layer, (Conv2d, DepthwiseConv2d, Conv2dTranspose, Dense, BatchNorm2d, PReLU)):
         with describing_only():
             output = layer.build(shape, None, strict=strict)
         return layer.param_count(), tuple(output)
@@ -173,6 +173,12 @@ def _planned_layer(layer, shape, strict: bool) -> tuple[int, tuple[int, ...]] | 
         if len(shape) != 1:
             return None
         out = (size,)
+    elif isinstance(layer, Conv2dTranspose):
+        if len(shape) != 3 or layer.groups != 1:
+            return None
+        _, out_hw = transposed_windows(shape[:2], layer.kernel_size, layer.stride, layer.padding,
+                                       layer.output_padding, layer.dilation, layer.label)
+        out = (*out_hw, size)
     elif isinstance(layer, (Conv2d, DepthwiseConv2d)):
         groups = getattr(layer, "groups", 1)   # a depthwise layer's weight is per channel: nothing to divide
         if len(shape) != 3 or not _is_positive_int(groups) or shape[2] % groups or size % groups:

@@ -34,6 +34,10 @@ def _summary(args: argparse.Namespace) -> int:
         if not args.model.startswith("vgg"):
             raise CnnkitError(f"--batch-norm applies to the VGG models only; received model {args.model!r}")
         options["batch_norm"] = True
+    if args.layout is not None:
+        if not args.model.startswith("resnet"):
+            raise CnnkitError(f"--layout chooses a ResNet's layout; received model {args.model!r}")
+        options["layout"] = args.layout
     # a description only: counting VGG19 must not draw and hold its 144 M weights
     model = MODELS[args.model](**options, allocate=False)
     if args.json:
@@ -339,7 +343,8 @@ def _add_width_option(command: argparse.ArgumentParser) -> None:
 
 def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
-                         help="architecture of the weights (omit for a cnnkit model file)")
+                         help="architecture of the weights (omit for a cnnkit model file); a Keras file given "
+                              "to resnet50/101/152 builds Keras's layout (conv4_block6_out ...)")
     command.add_argument("--weights", required=True, help="torchvision/timm .pth, Keras .h5, .weights.h5 "
                                                           "or .keras, safetensors or cnnkit model file")
     command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
@@ -360,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--input", type=parse_volume, default=None, help="input volume HxWxC, e.g. 224x224x3")
     summary.add_argument("--num-classes", type=int, default=None, help="output classes")
     summary.add_argument("--batch-norm", action="store_true", help="the VGG variant with batch normalisation")
+    summary.add_argument("--layout", choices=("torchvision", "keras"), default=None,
+                         help="a ResNet's layout: torchvision's (the default; v1.5) or keras.applications' (v1 with "
+                              "convolution biases, Keras's layer names; resnet50, resnet101, resnet152)")
     output = summary.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -391,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     features = commands.add_parser("features", help="extract features of photos at a named layer")
     _add_weights_options(features)
     features.add_argument("--layer", default=None,
-                          help="node name, e.g. fc7, pool5, conv4_3 (VGG), layer3, layer4.1, avgpool (ResNet) or "
-                               "features.13, features (MobileNetV2); default: fc7 of a VGG, the input of the "
-                               "classifier of other networks (avgpool of a ResNet or MobileNetV2)")
+                          help="node name, e.g. fc7, pool5, conv4_3 (VGG), layer3, layer4.1, avgpool (ResNet), "
+                               "conv4_block6_out, avg_pool (a Keras ResNet) or features.13, features (MobileNetV2); "
+                               "default: fc7 of a VGG, the input of the classifier of other networks (avgpool of a "
+                               "ResNet or MobileNetV2)")
     features.add_argument("--out", required=True, help="output .npy file: one row per image, in the given order")
     features.set_defaults(run=_features)
 

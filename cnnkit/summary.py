@@ -61,13 +61,19 @@ def _node_rows(model) -> list[dict]:
                "activations": layer.activations(), "macs": layer.macs(),
                "receptive_field": [largest[0].size, largest[1].size],
                "receptive_field_min": [smallest[0].size, smallest[1].size],
-               "jump": [largest[0].jump, largest[1].jump], "whole_input": largest[0].whole and largest[1].whole,
+               "jump": [_plain(largest[0].jump), _plain(largest[1].jump)],
+               "whole_input": largest[0].whole and largest[1].whole,
                "whole_input_min": smallest[0].whole and smallest[1].whole,
                "unread": list(layer.unread()), "connected_to": [names[t] for t in step.inputs]}
         if not first:
             row["shares_weights_with"] = shared_with
         rows.append(row)
     return rows
+
+
+def _plain(jump):
+    """A jump as JSON takes it: an int, or a float when upsampling made units closer than a pixel."""
+    return jump if isinstance(jump, int) else float(jump)
 
 
 def _fields_after(layer, inputs: list[tuple]) -> tuple:

@@ -2,11 +2,13 @@
 
 import copy
 import pickle
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from cnnkit.arithmetic import (Geometry, ReceptiveField, Window, conv_macs, conv_params, dense_macs, dense_params,
+from cnnkit.arithmetic import (Geometry, ReceptiveField, Window, conv_macs, conv_params, conv_transpose_output_size,
+                               dense_macs, dense_params, transposed_windows,
                                batchnorm_params, maxout_params, merged_field, narrowest_field,
                                optimizer_state_count, padding_amounts, prelu_params, unread_rows,
                                window_output_size, windows_2d)
@@ -232,3 +234,31 @@ def test_unread_rows_are_where_cnnkit_input_gradient_is_zero(h, w, k, s, p, d):
     y = conv.forward(np.ones((1, h, w, 1), np.float32), training=True)
     grad = conv.backward(np.ones_like(y))[0, :, :, 0]
     assert conv.unread() == (int((grad == 0).all(axis=1).sum()), int((grad == 0).all(axis=0).sum()))
+
+
+def test_the_field_recurrence_keeps_whole_numbers_and_rounds_fields_finer_than_a_pixel_up():
+    field = ReceptiveField().through(Window(3, 2, 1, 1))
+    assert (field.size, field.jump, field.start) == (3, 2, 0.5) and type(field.size) is type(field.jump) is int
+    half = ReceptiveField(size=2, jump=Fraction(1, 2), start=0.25)
+    after = half.through(Window(3, 1, 1, 1))
+    assert (after.size, after.jump, after.start) == (3, Fraction(1, 2), 0.25)
+    third = ReceptiveField(size=1, jump=Fraction(1, 3), start=1 / 6).through(Window(2, 1, 0, 0))
+    assert third.size == 2 and third.jump == Fraction(1, 3)   # 1 + 1/3 pixels: 2 whole pixels at most
+    assert ReceptiveField(jump=Fraction(1, 2)).through(Window(1, 2, 0, 0)).jump == 1
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, output_padding, dilation, windows, out", [
+    (5, 3, 2, 1, 1, 1, (3, 2, 1, 0, 1), 10),      # P=1, A=1: cropped 1 before, 0 after
+    (5, 3, 2, 0, 1, 1, (3, 2, 0, 0, 1), 12),      # A beyond P: a row of zeros closes the output
+    (5, 3, 2, "same", 0, 1, (3, 2, 0, 1, 1), 10),  # Keras's: the odd row cropped after
+    (5, 4, 2, "same", 0, 1, (4, 2, 1, 1, 1), 10),
+    (5, 1, 3, "same", 0, 1, (1, 3, 0, 0, 1), 15),
+    (5, 1, 3, "valid", 0, 1, (1, 3, 0, 0, 1), 15),
+    (5, 3, 1, "same", 0, 2, (3, 1, 2, 2, 2), 5),
+])
+def test_transposed_windows_are_the_convolution_they_transpose(size, kernel, stride, padding, output_padding,
+                                                              dilation, windows, out):
+    geometry, hw = transposed_windows((size, size), kernel, stride, padding, output_padding, dilation, "t")
+    assert geometry[0] == geometry[1] == Window(*windows) and hw == (out, out)
+    if not isinstance(padding, str):
+        assert out == conv_transpose_output_size(size, kernel, stride, padding, output_padding, dilation)

@@ -26,7 +26,7 @@ import numpy as np
 
 from cnnkit.errors import WeightsError
 
-__all__ = ["VARIABLES", "is_storage_layout", "layer_kind", "name_by_structure", "name_layers",
+__all__ = ["NORM_VARIABLES", "VARIABLES", "is_storage_layout", "layer_kind", "name_by_structure", "name_layers",
            "paths_from_config", "snake_case"]
 
 #: A layer kind's variables in the order Keras creates (and stores) them.
@@ -37,6 +37,10 @@ VARIABLES = {
     "depthwise_conv2d": ("depthwise_kernel", "bias"),
     "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
 }
+#: Keras's name of each array of cnnkit's batch norm (a convolution's and a dense layer's ``weight`` is
+#: Keras's ``kernel``; ``bias`` is ``bias``).
+NORM_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                  "running_var": "moving_variance"}
 #: The configuration switch without which a variable is not created.
 SWITCHES = {"bias": "use_bias", "gamma": "scale", "beta": "center"}
 MAX_CONFIG_DEPTH = 32  # models nested in models, in config.json

@@ -2,8 +2,10 @@
 and layouts.
 
 ResNets (torchvision's layout, timm's ResNets, cnnkit's own) are mapped by
-:mod:`cnnkit.io.resnet_layout`, MobileNetV2 (torchvision's layout, cnnkit's own) by
-:mod:`cnnkit.io.mobilenet_layout`: their keys are cnnkit's names. VGG sources, recognised by their keys:
+:mod:`cnnkit.io.resnet_layout`, Keras's ResNet50/101/152 (Keras's layout, cnnkit's own) by
+:mod:`cnnkit.io.keras_resnet_layout`, MobileNetV2 (torchvision's layout, cnnkit's own) by
+:mod:`cnnkit.io.mobilenet_layout`: their keys are cnnkit's names (Keras's variables renamed).
+VGG sources, recognised by their keys:
 
 - ``torchvision``: ``features.N.weight`` (OIHW), ``classifier.{0,3,6}.weight`` (out, in). ``N`` is
   the layer's position in ``features`` (conv, [batch norm], ReLU, ..., max-pool), which is also
@@ -15,7 +17,8 @@ ResNets (torchvision's layout, timm's ResNets, cnnkit's own) are mapped by
   flattens channels-last like cnnkit, so fc6 needs no permutation. Keras 3 files (``.weights.h5``,
   ``.keras``) store layers by class and position (``conv2d_3/0``); they are renamed to these names
   by the names the file records (:mod:`cnnkit.io.keras3`), or else by the model's structure: the
-  n-th ``conv2d`` of the file is the n-th convolution of :func:`keras_layer_order`.
+  n-th ``conv2d`` of the file is the n-th convolution of :func:`keras_layer_order` (as for a
+  Keras ResNet, whose layout gives the order).
 - ``cnnkit``: a cnnkit model file or state dict (``conv1_1.weight`` ...), taken as is.
 
 Each source implies its preprocessing: ``torch`` for torchvision and timm, ``caffe`` for Keras
@@ -40,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
-from . import keras3, mobilenet_layout, resnet_layout
+from . import keras3, keras_resnet_layout, mobilenet_layout, resnet_layout
 from .keras_archive import is_keras_archive, read_keras_archive
 from .keras_h5 import read_keras_h5_with_names
 from .safetensors_io import read_safetensors, read_safetensors_metadata
@@ -51,7 +54,7 @@ TOP = ("fc6", "fc7", "fc8")
 TORCHVISION_DENSE = {"fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
 TIMM_DENSE = {"fc6": "pre_logits.fc1", "fc7": "pre_logits.fc2", "fc8": "head.fc"}
 KERAS_DENSE = {"fc6": "fc1", "fc7": "fc2", "fc8": "predictions"}
-KERAS_NORM = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+KERAS_NORM = keras3.NORM_VARIABLES
 # Keys of the file that describe the top (fc6-fc8), skipped when the model has none.
 TOP_PREFIXES = {"torchvision": ("classifier.",), "timm": ("pre_logits.", "head."),
                 "keras": ("fc1/", "fc2/", "predictions/"), "cnnkit": ("fc6.", "fc7.", "fc8.")}
@@ -113,6 +116,9 @@ def detect_source(state: dict[str, np.ndarray], model=None) -> str:
     if "layer1.0.conv1.weight" in keys:
         raise WeightsError(f"these are ResNet weights (first keys: {sample}), not VGG weights; build the ResNet "
                            f"they were trained as, e.g. cnnkit.models.resnet50(weights=path)")
+    if any(key.startswith(("conv1_conv/", "conv1_conv.")) for key in keys):
+        raise WeightsError(f"these are weights of Keras's ResNet (first keys: {sample}), not VGG weights; build "
+                           f"it in Keras's layout, e.g. cnnkit.models.resnet50(weights=path)")
     if keras3.is_storage_layout(state):
         raise WeightsError(f"these are Keras 3 weights whose file names no layer (first keys: {sample}); "
                            "load them into a model with load_pretrained(model, path) or the model's "
@@ -170,24 +176,53 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
 
 def graph_layout(model):
     """The module that maps the architecture of ``model`` named after its source's modules
-    (:mod:`~cnnkit.io.resnet_layout`, :mod:`~cnnkit.io.mobilenet_layout`), or None for a VGG, whose
-    keys are mapped here. Each offers ``detect``, ``array_copy``, ``hint``, ``has_top``,
-    ``TOP_LAYERS`` and ``TOP_PREFIXES``."""
+    (:mod:`~cnnkit.io.resnet_layout`, :mod:`~cnnkit.io.keras_resnet_layout`,
+    :mod:`~cnnkit.io.mobilenet_layout`), or None for a VGG, whose keys are mapped here. Each offers
+    ``detect``, ``array_copy``, ``hint``, ``has_top``, ``TOP_LAYERS`` and ``TOP_PREFIXES``; a
+    Keras layout also ``keras_layer_order`` and ``architecture_of``."""
     if resnet_layout.is_resnet(model):
         return resnet_layout
+    if keras_resnet_layout.is_keras_resnet(model):
+        return keras_resnet_layout
     if mobilenet_layout.is_mobilenet(model):
         return mobilenet_layout
     return None
 
 
+def is_keras_file(path) -> bool:
+    """Whether ``path`` is a Keras weights file by its content: HDF5 (a legacy ``.h5`` or a Keras 3
+    ``.weights.h5``; cnnkit reads HDF5 as Keras's only) or a ``.keras`` archive. A missing or
+    unreadable file is not one (loading it says why)."""
+    source = Path(os.fspath(path))
+    try:
+        with source.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return head.startswith(b"\x89HDF") or (head.startswith(b"PK") and source.suffix != ".npz"
+                                            and is_keras_archive(source))
+
+
 def keras_layer_order(model) -> dict[str, list[str]]:
-    """The Keras names of a VGG's layers for each Keras kind, in the order Keras creates them.
+    """The Keras names of the model's layers for each Keras kind, in the order Keras numbers them.
 
     This is the structure a Keras 3 file that names no layer is mapped by: its ``conv2d_<n>`` is
-    ``order["conv2d"][n]``. For VGG, Keras's order is the model's own: convolutions block by
-    block (``block1_conv1`` ...), then ``fc1``, ``fc2``, ``predictions``, which are listed whether
-    or not the model has them (a file may carry a top that the model leaves out).
+    ``order["conv2d"][n]``. A graph in a Keras layout gives its own order
+    (:func:`cnnkit.io.keras_resnet_layout.keras_layer_order`). For VGG, Keras's order is the
+    model's own: convolutions block by block (``block1_conv1`` ...), then ``fc1``, ``fc2``,
+    ``predictions``, which are listed whether or not the model has them (a file may carry a top
+    that the model leaves out).
+
+    Raises:
+        WeightsError: ``model`` is in a layout no Keras model has (torchvision's ResNet or MobileNetV2).
     """
+    layout = graph_layout(model)
+    if layout is not None:
+        if not hasattr(layout, "keras_layer_order"):
+            raise WeightsError(f"{model.name} is in torchvision's layout, which no Keras model has; Keras weights "
+                               "load into a model in Keras's layout (cnnkit.models.resnet50(weights=path) builds "
+                               "Keras's ResNet50 for a Keras file, as layout='keras' does)")
+        return layout.keras_layer_order(model)
     order: dict[str, list[str]] = {"conv2d": [], "batch_normalization": [], "dense": list(KERAS_DENSE.values())}
     for name in model.layer_names():
         block = re.fullmatch(r"(conv|bn)\d+_\d+", name)
@@ -201,15 +236,18 @@ def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict
     """Keras 3 weights that name no layer, named after ``model``'s structure; other weights as they are."""
     if not keras3.is_storage_layout(state):
         return state
-    if graph_layout(model) is not None:
-        raise WeightsError(f"{where}: Keras 3 weights that name no layer are mapped by the model's Keras layer "
-                           f"order, which cnnkit knows for VGG only so far, not for {model.name}; load a "
-                           ".weights.h5 written by Keras 3.15 or later, or a .keras file, whose layers are named")
     try:
-        return keras3.name_by_structure(state, keras_layer_order(model), where, model.name)
+        order = keras_layer_order(model)
+    except WeightsError as error:
+        raise WeightsError(f"{where}: Keras 3 weights that name no layer are mapped by the model's Keras layer "
+                           f"order; {error}") from None
+    try:
+        return keras3.name_by_structure(state, order, where, model.name)
     except WeightsError as error:
         convs = sum(1 for key in state if re.fullmatch(r"conv2d(_\d+)?/0", key))
-        guess = CONVS_PER_CONFIG.get(convs, "another architecture")
+        layout = graph_layout(model)
+        guess = (layout.architecture_of(convs) if layout is not None
+                 else CONVS_PER_CONFIG.get(convs, keras_resnet_layout.architecture_of(convs)))
         raise WeightsError(f"{error}. The file holds {convs} convolutions ({guess}): build the "
                            "architecture the weights were trained as") from None
 

@@ -47,6 +47,10 @@ def detect(state: dict, model) -> str:
     keys = set(state)
     if not any(key.startswith(("conv1.", "layer1.")) for key in keys):
         sample = sorted(keys)[:5]
+        if any(key.startswith(("conv1_conv/", "conv1_conv.")) for key in keys):
+            raise WeightsError(f"these are weights of Keras's ResNet (first keys: {sample}), v1 with convolution "
+                               f"biases; {model.name} is in torchvision's layout: build it with layout='keras' "
+                               f"(what weights= chooses for a Keras file)")
         raise WeightsError(f"cannot tell which ResNet release these weights come from (first keys: {sample}); "
                            f"expected torchvision or timm names ('conv1.weight', 'layer1.0.conv1.weight', "
                            f"'fc.weight') or a cnnkit ResNet's (the same names)")

@@ -27,6 +27,10 @@ array in a torchvision (or timm) state dict (only the layouts differ; see
 
 So ``model.features(x, "layer3")``, ``freeze("layer1")`` (every layer of the stage) and
 ``freeze(up_to="layer2")`` work as their names say.
+
+``layout="keras"`` builds instead the ResNet of ``keras.applications`` (ResNet v1 with convolution
+biases, Keras's layer names: :mod:`cnnkit.models.keras_resnet`) for depths 50, 101 and 152; a Keras
+weights file given as ``weights=`` chooses it by default.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from ..layers import (Add, BatchNorm2d, Conv2d, Dense, GlobalAvgPool2d, GlobalMa
                       Softmax)
 from ..model import Model
 from ..parameter import describing_only
+from .keras_resnet import KERAS_RESNET_BLOCKS, keras_resnet_graph
+from .keras_resnet import PREPROCESSING as KERAS_PREPROCESSING
 from .options import check_options, check_weights_allocated, scaled
 
 #: depth -> (block kind, blocks per stage), as torchvision's resnet18 ... resnet152
@@ -52,50 +58,77 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 #: the mode torchvision's ImageNet weights were trained with (mean/std of ImageNet on [0, 1] pixels)
 PREPROCESSING = "torch"
+LAYOUTS = ("torchvision", "keras")
 
 
 def resnet(depth: int, include_top: bool = True, num_classes: int = 1000,
            input_shape: tuple[int, int, int] = (224, 224, 3), pooling: str | None = None,
            classifier_activation: str | None = None, width: float = 1.0, seed: int | None = 0,
-           strict: bool = False, weights: str | None = None, allocate: bool = True) -> Model:
-    """A ResNet of ``depth`` 18, 34, 50, 101 or 152 in torchvision's layout (see the module doc).
+           strict: bool = False, weights: str | None = None, allocate: bool = True,
+           layout: str | None = None) -> Model:
+    """A ResNet of ``depth`` 18, 34, 50, 101 or 152 in torchvision's layout, or of depth 50, 101 or
+    152 in Keras's (see the module doc).
 
     Args:
-        include_top: keep ``avgpool`` and ``fc``; without them the network ends at ``layer4``
-            (or at the global pooling of ``pooling``).
-        num_classes: units of ``fc``.
+        include_top: keep ``avgpool`` and ``fc`` (Keras's layout: ``avg_pool`` and
+            ``predictions``); without them the network ends at ``layer4`` (``conv5_block3_out``)
+            or at the global pooling of ``pooling``.
+        num_classes: units of ``fc`` (``predictions``).
         input_shape: the input volume; the ImageNet weights were trained on 224 x 224 x 3, and any
             size of at least 1 x 1 builds (the stem and each stage halve it, rounding up).
-        pooling: for ``include_top=False``, ``"avg"`` (node ``avgpool``) or ``"max"``
-            (``global_maxpool``) global pooling after ``layer4``.
+        pooling: for ``include_top=False``, ``"avg"`` (node ``avgpool``; Keras's ``avg_pool``) or
+            ``"max"`` (``global_maxpool``; Keras's ``max_pool``) global pooling after the last stage.
         classifier_activation: ``None`` (the default, as torchvision) ends in ``fc``'s scores;
-            ``"softmax"`` adds a softmax node ``prob``.
+            ``"softmax"`` adds a softmax node ``prob`` (in both layouts).
         width: multiplies every channel count (small widths keep tests fast; 1 for the weights
-            of torchvision and timm).
+            of torchvision, timm and Keras).
         seed: seed of the generator that draws the weights (He-normal convolutions, as torchvision).
         weights: a weights file to load: a torchvision or timm state dict (``.pth`` zip or
-            legacy, ``.safetensors``), a cnnkit model file or state dict; see
-            :func:`cnnkit.io.load_pretrained`.
+            legacy, ``.safetensors``), a Keras file (``.h5``, ``.weights.h5``, ``.keras``), a
+            cnnkit model file or state dict; see :func:`cnnkit.io.load_pretrained`.
         allocate: ``False`` builds a description only: the weights are placeholders that take no
             memory and draw no random numbers (what ``cnnkit summary`` needs); it cannot compute.
+        layout: ``"torchvision"`` (v1.5, torchvision's names and ``torch`` preprocessing) or
+            ``"keras"`` (v1 with convolution biases, Keras's names and ``caffe`` preprocessing;
+            depths 50, 101, 152). By default the layout of ``weights``: Keras's for a Keras file
+            (told by its content, :func:`cnnkit.io.pretrained.is_keras_file`), else torchvision's.
     """
     if depth not in RESNET_CONFIGS:
         raise ConfigError(f"resnet: depth must be one of {sorted(RESNET_CONFIGS)}; received depth={depth!r}")
     label = f"resnet{depth}"
+    layout = _layout(label, depth, layout, weights)
     check_options(label, include_top, pooling, classifier_activation, width)
     check_weights_allocated(label, weights, allocate)
+    graph = keras_resnet_graph if layout == "keras" else _graph
+    arguments = (depth, include_top, num_classes, input_shape, pooling, classifier_activation, width, seed, strict)
     if allocate:
-        model = _graph(depth, include_top, num_classes, input_shape, pooling, classifier_activation, width, seed,
-                       strict)
+        model = graph(*arguments)
     else:
         with describing_only():
-            model = _graph(depth, include_top, num_classes, input_shape, pooling, classifier_activation, width,
-                           seed, strict)
-    model.meta["preprocessing"] = PREPROCESSING
+            model = graph(*arguments)
+    model.meta["preprocessing"] = KERAS_PREPROCESSING if layout == "keras" else PREPROCESSING
     if weights is not None:
         from ..io.pretrained import load_pretrained
         load_pretrained(model, weights)
     return model
+
+
+def _layout(label: str, depth: int, layout: str | None, weights) -> str:
+    """The layout asked for, else the one of the weights file (Keras's for a Keras file)."""
+    if layout is None:
+        from ..io.pretrained import is_keras_file
+        keras_file = weights is not None and is_keras_file(weights)
+        if keras_file and depth not in KERAS_RESNET_BLOCKS:
+            raise ConfigError(f"{label}: weights={str(weights)!r} is a Keras file, and Keras has no ResNet-{depth} "
+                              f"(keras.applications has ResNet50, ResNet101 and ResNet152): build the ResNet the "
+                              f"weights were saved from")
+        return "keras" if keras_file else "torchvision"
+    if layout not in LAYOUTS:
+        raise ConfigError(f"{label}: layout must be one of {LAYOUTS}; received layout={layout!r}")
+    if layout == "keras" and depth not in KERAS_RESNET_BLOCKS:
+        raise ConfigError(f"{label}: layout='keras' builds keras.applications' ResNet50, ResNet101 or ResNet152; "
+                          f"Keras has no ResNet-{depth}: use depth 50, 101 or 152, or layout='torchvision'")
+    return layout
 
 
 def _graph(depth, include_top, num_classes, input_shape, pooling, classifier_activation, width, seed,
@@ -153,15 +186,18 @@ def resnet34(**options) -> Model:
 
 
 def resnet50(**options) -> Model:
-    """ResNet-50: bottleneck blocks 3, 4, 6, 3 (25,557,032 parameters)."""
+    """ResNet-50: bottleneck blocks 3, 4, 6, 3 (25,557,032 parameters; ``layout="keras"``: 25,583,592 and
+    53,120 batch-norm statistics, Keras's count of 25,636,712)."""
     return resnet(50, **options)
 
 
 def resnet101(**options) -> Model:
-    """ResNet-101: bottleneck blocks 3, 4, 23, 3 (44,549,160 parameters)."""
+    """ResNet-101: bottleneck blocks 3, 4, 23, 3 (44,549,160 parameters; Keras's layout 44,707,176 with
+    its batch-norm statistics)."""
     return resnet(101, **options)
 
 
 def resnet152(**options) -> Model:
-    """ResNet-152: bottleneck blocks 3, 8, 36, 3 (60,192,808 parameters)."""
+    """ResNet-152: bottleneck blocks 3, 8, 36, 3 (60,192,808 parameters; Keras's layout 60,419,944 with
+    its batch-norm statistics)."""
     return resnet(152, **options)

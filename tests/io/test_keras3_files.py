@@ -17,11 +17,10 @@ classes (a 527 MiB ``.weights.h5``, about 2 GB of memory at its peak, seconds to
 from __future__ import annotations
 
 import gc
-import shutil
-import zipfile
 
 import numpy as np
 import pytest
+from keras_files import CAFFE_MEAN_BGR, FORMS, Written, assert_reproduces
 
 import cnnkit
 from cnnkit.errors import WeightsError
@@ -30,7 +29,6 @@ from cnnkit.io import detect_source, read_weights
 pytestmark = [pytest.mark.keras, pytest.mark.h5py,
               pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
-CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 CASES = {
     "vgg16-top-64": ("VGG16", "vgg16", {"include_top": True, "input_shape": (64, 64, 3), "classes": 10,
                                         "classifier_activation": None},
@@ -38,77 +36,6 @@ CASES = {
     "vgg19-avg-32": ("VGG19", "vgg19", {"include_top": False, "pooling": "avg", "input_shape": (32, 32, 3)},
                      {"include_top": False, "pooling": "avg", "input_shape": (32, 32, 3)}),
 }
-FORMS = ["weights.h5", "weights.h5 without names", "keras", "keras without names", "legacy h5"]
-
-
-class Written:
-    """One Keras model, its output on a fixed input, and its files, each written when first asked for."""
-
-    def __init__(self, keras, case: str, folder):
-        self.keras, self.folder = keras, folder
-        keras_class, self.arch, keras_args, self.cnnkit_args = CASES[case]
-        keras.utils.set_random_seed(0)
-        self.model = getattr(keras.applications, keras_class)(weights=None, **keras_args)
-        shape = keras_args["input_shape"]
-        rng = np.random.default_rng(0)
-        self.x = (rng.uniform(0, 255, (2, *shape)) - CAFFE_MEAN_BGR).astype(np.float32)
-        self.want = keras.ops.convert_to_numpy(self.model(self.x, training=False))
-        self.files: dict[str, object] = {}
-
-    def path(self, form: str):
-        if form not in self.files:
-            self.files[form] = self._write(form)
-        return self.files[form]
-
-    def _write(self, form: str):
-        if form == "weights.h5":
-            path = self.folder / "model.weights.h5"
-            self.model.save_weights(path)
-        elif form == "keras":
-            path = self.folder / "model.keras"
-            self.model.save(path)
-        elif form == "legacy h5":
-            path = self.folder / "model.h5"
-            self.model.save(path)
-        elif form == "weights.h5 without names":
-            path = self.folder / "unnamed.weights.h5"
-            shutil.copyfile(self.path("weights.h5"), path)
-            _remove_layer_names(path)
-        else:
-            path = self.folder / "unnamed.keras"
-            _rezip_without_names(self.path("keras"), path, self.folder)
-        return path
-
-    def load(self, form: str, arch: str | None = None, **options):
-        build = getattr(cnnkit.models, arch or self.arch)
-        return build(weights=self.path(form), **{**self.cnnkit_args, **options})
-
-
-def _remove_layer_names(path) -> int:
-    """Delete the ``name`` attribute of every ``vars`` group: the file as Keras 3 releases wrote it
-    before they recorded layer names. Returns how many were removed."""
-    import h5py
-
-    removed = []
-    with h5py.File(path, "a") as f:
-        f.visititems(lambda name, obj: removed.append(obj) if name.endswith("vars") and "name" in obj.attrs else None)
-        for group in removed:
-            del group.attrs["name"]
-    return len(removed)
-
-
-def _rezip_without_names(source, target, folder) -> None:
-    """The same .keras archive, its model.weights.h5 without layer names."""
-    inner = folder / "inner.weights.h5"
-    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
-        for info in archive.infolist():
-            if info.filename == "model.weights.h5":
-                inner.write_bytes(archive.read(info))
-                assert _remove_layer_names(inner) > 0
-                out.write(inner, "model.weights.h5")
-            else:
-                out.writestr(info, archive.read(info))
-    inner.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -119,22 +46,28 @@ def keras():
     return keras
 
 
+class VggWritten(Written):
+    """A case of :data:`CASES` written by Keras, loaded by the cnnkit VGG of the same case."""
+
+    def __init__(self, keras, case: str, folder):
+        keras_class, self.arch, keras_args, self.cnnkit_args = CASES[case]
+        super().__init__(keras, keras_class, keras_args, folder)
+
+    def load(self, form: str, arch: str | None = None, **options):
+        build = getattr(cnnkit.models, arch or self.arch)
+        return build(weights=self.path(form), **{**self.cnnkit_args, **options})
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def written(request, keras, tmp_path_factory):
-    return Written(keras, request.param, tmp_path_factory.mktemp(request.param))
-
-
-def _assert_reproduces(got, want):
-    scale = float(np.abs(want).max())
-    assert scale > 0 and got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+    return VggWritten(keras, request.param, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_keras_files_load_and_reproduce_keras(written, form):
     model = written.load(form)
     assert model.meta["preprocessing"] == "caffe"
-    _assert_reproduces(model.predict(written.x), written.want)
+    assert_reproduces(model.predict(written.x), written.want)
 
 
 def test_the_keras3_keys_are_numbered_by_kind_not_sorted_as_text(written):
@@ -160,7 +93,7 @@ def test_a_model_without_the_top_reproduces_keras_pool5(written, keras):
     for form in ("weights.h5", "weights.h5 without names", "keras without names"):
         model = written.load(form, include_top=False, pooling=None, num_classes=1000, classifier_activation="softmax")
         assert "fc6" not in model.layer_names()
-        _assert_reproduces(model.predict(written.x), want)
+        assert_reproduces(model.predict(written.x), want)
 
 
 @pytest.mark.parametrize("form", ["weights.h5", "weights.h5 without names", "keras", "keras without names"])
@@ -182,4 +115,4 @@ def test_vgg16_as_released_224_with_1000_classes(keras, tmp_path):
     del model
     gc.collect()   # one 138M-parameter model at a time
     ours = cnnkit.models.vgg16(weights=path, classifier_activation=None)
-    _assert_reproduces(ours.predict(x), want)
+    assert_reproduces(ours.predict(x), want)

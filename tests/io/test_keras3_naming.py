@@ -145,17 +145,24 @@ def test_deeply_nested_configs_are_refused():
         paths_from_config(config, "c")
 
 
-def test_unnamed_keras3_weights_for_a_resnet_say_only_vgg_is_mapped(tmp_path):
-    """The structure a file without names is mapped by is known for VGG only; a ResNet says so."""
+def test_unnamed_keras3_weights_for_a_torchvision_layout_are_refused(tmp_path):
+    """No Keras model has torchvision's layout, so no Keras order names a file's layers after it; a
+    Keras file given to a depth Keras lacks is refused before any model is built."""
     h5py = pytest.importorskip("h5py", reason="the Keras reader needs the optional h5py")
     import cnnkit
+    from cnnkit.errors import ConfigError
 
     path = tmp_path / "resnet.weights.h5"
     with h5py.File(path, "w") as f:
         f.create_group("layers/conv2d/vars").create_dataset("0", data=np.zeros((7, 7, 3, 4), np.float32))
-    with pytest.raises(WeightsError, match=r"resnet.weights.h5: Keras 3 weights that name no layer.*VGG only so "
-                                           r"far, not for resnet18"):
-        cnnkit.models.resnet18(weights=path, width=1 / 16, input_shape=(32, 32, 3), num_classes=3)
+    options = {"width": 1 / 16, "input_shape": (32, 32, 3), "num_classes": 3}
+    with pytest.raises(WeightsError, match=r"resnet.weights.h5: Keras 3 weights that name no layer are mapped by the "
+                                           r"model's Keras layer order; resnet18 is in torchvision's layout, which "
+                                           r"no Keras model has"):
+        cnnkit.models.resnet18(weights=path, layout="torchvision", **options)
+    with pytest.raises(ConfigError, match=r"resnet18: weights=.*resnet.weights.h5' is a Keras file, and Keras has no "
+                                          r"ResNet-18"):
+        cnnkit.models.resnet18(weights=path, **options)
 
 
 def test_any_json_gives_names_or_a_weights_error():

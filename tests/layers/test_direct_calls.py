@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d,
-                           GlobalMaxPool2d, LeakyReLU, MaxPool2d, Maxout, PReLU, ReLU, Sigmoid, Softmax, Tanh)
+from cnnkit.layers import (AvgPool2d, BatchNorm2d, Conv2d, Conv2dTranspose, Dense, Dropout, Flatten, GlobalAvgPool2d,
+                           GlobalMaxPool2d, LeakyReLU, MaxPool2d, Maxout, PReLU, ReLU, Sigmoid, Softmax, Tanh,
+                           UpSampling2d)
 
 VOLUME, FLAT = "volume", "flat"
 #: (layer, its input kind, its output kind)
@@ -22,6 +23,8 @@ LAYERS = [
     (lambda: Maxout(2, name="it"), VOLUME, VOLUME),
     (lambda: Conv2d(4, 3, padding=1, name="it"), VOLUME, VOLUME),
     (lambda: Conv2d(4, 3, padding=1, activation="relu", name="it"), VOLUME, VOLUME),
+    (lambda: Conv2dTranspose(3, 3, stride=2, padding=1, output_padding=1, name="it"), VOLUME, VOLUME),
+    (lambda: UpSampling2d(2, "bilinear", name="it"), VOLUME, VOLUME),
     (lambda: BatchNorm2d(name="it"), VOLUME, VOLUME),
     (lambda: MaxPool2d(2, name="it"), VOLUME, VOLUME),
     (lambda: AvgPool2d(3, stride=1, padding=1, name="it"), VOLUME, VOLUME),
@@ -33,8 +36,9 @@ LAYERS = [
     (lambda: ReLU(name="it"), FLAT, FLAT),
     (lambda: Softmax(name="it"), FLAT, FLAT),
 ]
-IDS = ["relu", "leaky_relu", "prelu", "sigmoid", "tanh", "maxout", "conv", "conv_relu", "batch_norm", "max_pool",
-       "avg_pool", "dropout", "flatten", "global_avg", "global_max", "dense", "relu_flat", "softmax"]
+IDS = ["relu", "leaky_relu", "prelu", "sigmoid", "tanh", "maxout", "conv", "conv_relu", "conv_transpose",
+       "upsampling", "batch_norm", "max_pool", "avg_pool", "dropout", "flatten", "global_avg", "global_max", "dense",
+       "relu_flat", "softmax"]
 
 
 def _model(make, kind_in, kind_out) -> cnnkit.Sequential:
