@@ -22,6 +22,17 @@ alone (they hold no flags set by their neighbours):
   mode and the output is not wanted, the step applies it as it writes (``call(activation=)``)
   and the activation step adopts the result; its backward passes the gradient through, since
   the producer's backward masks it as it reads it.
+- **Folding.** CONV -> BN (-> RELU) in inference: when a step that can fold an affine map into
+  its weights (``folds_affine``: a convolution without an activation of its own) runs in
+  inference, its output is not wanted and has one reader, a layer that is an affine map in
+  inference (``affine_in_inference``: batch norm) also in inference, the step computes the pair
+  as one convolution with folded weights (``call(fold=layer)``) and the batch norm step adopts
+  the result without running. The batch norm's output may then fuse the activation after it by
+  the rule above (conv -> BN -> ReLU in one pass, as in every ResNet and MobileNet block). Never
+  in a training step, not even for batch norm with frozen statistics: the gradient of the pair
+  is not the folded convolution's. ``run_forward(..., fold=False)`` (``cnnkit.runtime(
+  fold_batch_norm=False)`` for a model's entry points) runs the pair as two steps. The folded
+  numbers equal the pair's to float32 rounding, not bit for bit.
 - **Memory.** Each step's context (what its backward needs) is the step's own, kept on a tape
   in training and dropped as backward passes the step. In inference a tensor is dropped after
   its last reader.
@@ -115,11 +126,13 @@ class Tape:
 
 
 def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
-                training: frozenset[int] | set[int] = frozenset(), tape: Tape | None = None) -> list[np.ndarray]:
+                training: frozenset[int] | set[int] = frozenset(), tape: Tape | None = None,
+                fold: bool = True) -> list[np.ndarray]:
     """The arrays of the tensors ``wanted``, computing only the steps they need.
 
     Steps whose position is in ``training`` run in training mode and, when ``tape`` is given,
     leave their contexts on it. ``inputs`` (one array per model input) are never written.
+    ``fold``: fold batch norm into the convolution before it in inference steps (see the module doc).
     """
     if len(inputs) != len(plan.inputs):
         raise ShapeError(f"expected {len(plan.inputs)} input arrays, one per model input; received {len(inputs)}")
@@ -142,14 +155,15 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
         owned = handed_over(step, fresh, only_reader, keep)
         x = [values[t] for t in step.inputs] if layer.arity is None else values[step.inputs[0]]
         hand_over = tuple(owned) if layer.arity is None else owned[0]
-        partner = fusion_partner(plan, step, reads, keep, training, running)
+        fused = fusion(plan, step, reads, keep, training, running, fold)
         options = {"owned": hand_over} if layer.overwrites_owned else {}
-        if partner is not None:
-            y, context = layer.call(x, in_training, activation=partner.layer.fused_as, **options)
-            adopted.add(partner.position)
-            output, fresh_output = partner.output, False
+        if fused is not None:
+            y, context = layer.call(x, in_training, **fused.options(), **options)
+            adopted.update(partner.position for partner in fused.partners)
+            output, fresh_output = fused.output, fused.activation is None and layer.fresh_output
             if tape is not None and in_training:
-                tape.contexts[partner.position] = ADOPTED
+                for partner in fused.partners:
+                    tape.contexts[partner.position] = ADOPTED
         else:
             y, context = layer.call(x, in_training, **options)
             output, fresh_output = step.output, layer.fresh_output
@@ -161,8 +175,8 @@ def run_forward(plan: Plan, inputs: Sequence[np.ndarray], wanted: Sequence[int],
             reads[tensor] -= 1
             if reads[tensor] == 0 and tensor not in keep:
                 values.pop(tensor, None)
-        if partner is not None:
-            reads[step.output] -= 1
+        if fused is not None:
+            fused.read(reads)
     if tape is not None:
         tape.ran = [p for p in order if p in tape.contexts]
     return [values[t] for t in wanted]
@@ -184,20 +198,64 @@ def handed_over(step: Step, fresh: dict[int, bool], only_reader: set[int], keep:
     return [fresh.get(t, False) and t in only_reader and t not in keep for t in step.inputs]
 
 
-def fusion_partner(plan: Plan, step: Step, reads: dict[int, int], keep: set[int], training,
-                   running: set[int]) -> Step | None:
-    """The activation step that ``step`` can compute as it writes its output, or None: its
-    output's one remaining reader, an activation the step can apply, in the same mode, and the
-    output not wanted by the caller."""
-    activations = step.layer.fusable_activations
-    if not activations or reads.get(step.output, 0) != 1 or step.output in keep:
+@dataclass(frozen=True)
+class Fusion:
+    """The steps after a step that it computes in its own call: an affine step folded into its
+    weights (``folded``, batch norm in inference) and an activation applied as it writes
+    (``activation``), each adopting the result instead of running."""
+
+    folded: Step | None
+    activation: Step | None
+
+    @property
+    def partners(self) -> tuple[Step, ...]:
+        """The adopting steps, in order."""
+        return tuple(step for step in (self.folded, self.activation) if step is not None)
+
+    @property
+    def output(self) -> int:
+        """The tensor the call gives: the last adopting step's output."""
+        return self.partners[-1].output
+
+    def options(self) -> dict:
+        """The producer's ``call`` arguments that ask for it."""
+        options = {"fold": self.folded.layer} if self.folded is not None else {}
+        if self.activation is not None:
+            options["activation"] = self.activation.layer.fused_as
+        return options
+
+    def read(self, reads: dict[int, int]) -> None:
+        """Count the reads of the tensors the adopting steps would have read (never computed)."""
+        for step in self.partners:
+            reads[step.inputs[0]] -= 1
+
+
+def fusion(plan: Plan, step: Step, reads: dict[int, int], keep: set[int], training, running: set[int],
+           fold: bool = True) -> Fusion | None:
+    """What ``step`` computes besides its own layer (None: nothing): the affine step it folds
+    (``fold``, both in inference, its output's one remaining reader and not wanted), then the
+    activation after it or after the folded step (one reader, in the same mode, not wanted)."""
+    layer, in_training = step.layer, step.position in training
+    folded = None
+    if fold and not in_training and layer.folds_affine:
+        reader = sole_reader(plan, step.output, reads, keep, running)
+        if reader is not None and reader.layer.arity == 1 and reader.layer.affine_in_inference \
+                and reader.position not in training:
+            folded = reader
+    activation = None
+    if layer.fusable_activations:
+        reader = sole_reader(plan, (folded or step).output, reads, keep, running)
+        if reader is not None and reader.layer.arity == 1 and reader.layer.fused_as in layer.fusable_activations \
+                and (reader.position in training) == in_training:
+            activation = reader
+    return Fusion(folded, activation) if folded is not None or activation is not None else None
+
+
+def sole_reader(plan: Plan, tensor: int, reads: dict[int, int], keep: set[int], running: set[int]) -> Step | None:
+    """The step that alone reads ``tensor`` in what remains of the pass, unless the caller wants it."""
+    if reads.get(tensor, 0) != 1 or tensor in keep:
         return None
-    reader = next(p for p in plan.readers[step.output] if p in running)
-    partner = plan.steps[reader]
-    if partner.layer.arity != 1 or partner.layer.fused_as not in activations \
-            or (reader in training) != (step.position in training):
-        return None
-    return partner
+    return plan.steps[next(p for p in plan.readers[tensor] if p in running)]
 
 
 def run_backward(plan: Plan, tape: Tape, gradients: dict[int, np.ndarray], input_gradients: bool = True,

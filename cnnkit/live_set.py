@@ -1,7 +1,9 @@
 """The executor's live set, followed on sizes alone: the memory a summary reports.
 
 :func:`cnnkit.executor.run_forward` and :func:`~cnnkit.executor.run_backward` decide per call
-which arrays a layer may overwrite, fuse a convolution with the ReLU after it, drop a tensor
+which arrays a layer may overwrite, fuse a convolution with the ReLU after it, fold the batch
+norm after a convolution into it in inference (the convolution's output buffer is then the batch
+norm's output, or the ReLU's after it; the batch norm allocates nothing), drop a tensor
 after its last reader (inference) and each context as backward passes its step (training).
 This module walks a plan by the same rules without computing anything: every array is a
 buffer with a size and the holders that keep it alive (a tensor, a context, a pending
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .arithmetic import float32_bytes
-from .executor import Plan, Step, fusion_partner, handed_over, read_counts
+from .executor import Plan, Step, fusion, handed_over, read_counts
 
 
 @dataclass(frozen=True)
@@ -82,25 +84,28 @@ class _Forward:
 
     values: dict[int, int]
     contexts: dict[int, list[int]] = field(default_factory=dict)
-    adopted: set[int] = field(default_factory=set)          # activation steps their producer applied (fused)
+    adopted: set[int] = field(default_factory=set)          # training steps their producer computed (fused)
     memory: dict[int, object] = field(default_factory=dict)
 
 
-def inference_peak(plan: Plan, sizes: dict[int, int], wanted: Sequence[int], batch: int = 1) -> Peak:
-    """The largest live set of an inference pass computing ``wanted``, and the step it happens in."""
+def inference_peak(plan: Plan, sizes: dict[int, int], wanted: Sequence[int], batch: int = 1,
+                   fold: bool = True) -> Peak:
+    """The largest live set of an inference pass computing ``wanted``, and the step it happens in
+    (``fold``: batch norm folded into the convolution before it, as ``run_forward``'s)."""
     buffers = _Buffers()
-    _walk_forward(plan, sizes, wanted, frozenset(), batch, buffers)
+    _walk_forward(plan, sizes, wanted, frozenset(), batch, buffers, fold)
     return buffers.peak
 
 
 def training_peaks(plan: Plan, sizes: dict[int, int], wanted: Sequence[int], training: frozenset[int],
-                   gradient_bytes: dict[int, int], batch: int = 1) -> TrainingPeaks:
+                   gradient_bytes: dict[int, int], batch: int = 1, fold: bool = True) -> TrainingPeaks:
     """The live set of a training step: a forward keeping the contexts of the ``training`` steps,
     a gradient for each ``wanted`` tensor (the loss's), and backward, which drops each context
     as it passes the step and allocates a layer's parameter gradients (``gradient_bytes`` by
-    ``id(layer)``) when it first reaches it. No gradient is computed for the model's inputs."""
+    ``id(layer)``) when it first reaches it. No gradient is computed for the model's inputs.
+    ``fold`` folds batch norm in the steps outside ``training`` (a frozen base), as ``run_forward``."""
     buffers = _Buffers()
-    walk = _walk_forward(plan, sizes, wanted, training, batch, buffers)
+    walk = _walk_forward(plan, sizes, wanted, training, batch, buffers, fold)
     pending = {t: (buffers.new(_bytes(sizes[t], batch)), False) for t in dict.fromkeys(wanted)}
     buffers.note("loss")
     remaining = dict(gradient_bytes)
@@ -115,44 +120,44 @@ def _bytes(numbers: int, batch: int) -> int:
 
 
 def _walk_forward(plan: Plan, sizes: dict[int, int], wanted: Sequence[int], training: frozenset[int], batch: int,
-                  buffers: _Buffers) -> _Forward:
-    """Follow :func:`cnnkit.executor.run_forward`: the same order, hand-overs, fusion and frees."""
+                  buffers: _Buffers, fold: bool) -> _Forward:
+    """Follow :func:`cnnkit.executor.run_forward`: the same order, hand-overs, fusion, folding and frees."""
     walk = _Forward(values={t: buffers.new(_bytes(sizes[t], batch)) for t in plan.inputs})
     order = plan.needed(wanted)
     running, keep = set(order), set(wanted)
     reads = read_counts(plan, order)
     only_reader = {tensor for tensor, count in reads.items() if count == 1}
     fresh: dict[int, bool] = {}
-    applied: set[int] = set()   # activation steps their producer computed
+    applied: set[int] = set()   # steps their producer computed (fused or folded)
     for position in order:
         if position in applied:
             continue
         step = plan.steps[position]
         in_training = position in training
         owned = handed_over(step, fresh, only_reader, keep)
-        partner = fusion_partner(plan, step, reads, keep, training, running)
+        fused = fusion(plan, step, reads, keep, training, running, fold)
         memory = step.layer.call_memory(tuple(owned) if step.layer.arity is None else owned[0], in_training)
-        output = partner.output if partner is not None else step.output
+        output = fused.output if fused is not None else step.output
         if memory.output_is_input:
             buffer = buffers.hold(walk.values[step.inputs[owned.index(True) if any(owned) else 0]])
         else:
             buffer = buffers.new(_bytes(sizes[output], batch))
-        if partner is not None:
-            applied.add(partner.position)
+        partners = fused.partners if fused is not None else ()
+        applied.update(partner.position for partner in partners)
+        activation = fused is not None and fused.activation is not None
         if in_training:
-            walk.contexts[position] = _context(step, memory, buffer, partner is not None, walk, batch, buffers)
+            walk.contexts[position] = _context(step, memory, buffer, activation, walk, batch, buffers)
             walk.memory[position] = memory
-            if partner is not None:
-                walk.adopted.add(partner.position)
+            walk.adopted.update(partner.position for partner in partners)
         buffers.note(step.name, _bytes(memory.workspace, batch))
         walk.values[output] = buffer
-        fresh[output] = step.layer.fresh_output and partner is None
+        fresh[output] = step.layer.fresh_output and not activation
         for tensor in step.inputs:   # inference frees a tensor after its last reader
             reads[tensor] -= 1
             if reads[tensor] == 0 and tensor not in keep:
                 buffers.drop(walk.values.pop(tensor))
-        if partner is not None:
-            reads[step.output] -= 1
+        if fused is not None:
+            fused.read(reads)
     return walk
 
 

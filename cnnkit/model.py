@@ -20,7 +20,7 @@ from .layers import LAYER_CLASSES
 from .layers.base import Layer, as_compute_dtype, check_grad_dtype
 from .model_file import TrainingCheckpoint, save_model
 from .model_state import ModelState
-from .ops.runtime import entry_point
+from .ops.runtime import entry_point, folding_batch_norm
 from .parameter import describing_only
 from .summary import render_summary
 from .train import evaluate as evaluate_model, fit as fit_model
@@ -210,7 +210,7 @@ class Model(ModelState):
         self._require_built()
         tape = Tape() if training else None
         steps = frozenset(range(len(self.plan.steps))) if training else frozenset()
-        outputs = run_forward(self.plan, self._arrays(x), self.plan.outputs, steps, tape)
+        outputs = run_forward(self.plan, self._arrays(x), self.plan.outputs, steps, tape, folding_batch_norm())
         self._tape = tape
         #: what backward's gradients must match, one (shape, dtype) per output
         self._expected_grads = [(y.shape, y.dtype) for y in outputs] if training else None
@@ -275,7 +275,7 @@ class Model(ModelState):
         parts: list[list[np.ndarray]] = [[] for _ in tensors]
         for start in range(0, count, batch_size):
             batch = [a[start:start + batch_size] for a in arrays]
-            for part, value in zip(parts, run_forward(self.plan, batch, tensors)):
+            for part, value in zip(parts, run_forward(self.plan, batch, tensors, fold=folding_batch_norm())):
                 part.append(value)
         return [np.concatenate(part) if part else np.zeros((0, *self.tensor_shape(t)), np.float32)
                 for part, t in zip(parts, tensors)]

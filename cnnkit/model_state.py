@@ -89,9 +89,12 @@ class ModelState:
     @contextmanager
     def writable_state(self) -> Iterator[dict[str, np.ndarray]]:
         """The model's own arrays by dotted name, writable, for loaders that fill them in place
-        (re-laying out a file's weights as they go); every parameter's version moves on at the end."""
+        (re-laying out a file's weights as they go); every parameter's version, and every layer's
+        buffers' version, moves on at the end (so folded batch norms follow)."""
         self._require_built()
         with ExitStack() as stack:
+            for layer in self.layers:
+                stack.callback(layer.mark_buffers_changed)
             targets = {name: stack.enter_context(param.writing()) for name, param in self.parameters().items()}
             targets.update({f"{layer.name}.{local}": value
                             for layer in self.layers for local, value in layer.writable_buffers().items()})

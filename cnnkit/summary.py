@@ -16,6 +16,7 @@ from .arithmetic import (OPTIMIZER_SLOTS, ReceptiveField, counted_activations, f
                          narrowest_field, volume)
 from .errors import ConfigError
 from .live_set import inference_peak, training_peaks
+from .ops.runtime import folding_batch_norm
 from .train import scoring_tensors, training_steps
 
 FORMATS = ("text", "markdown", "json", "dict")
@@ -109,10 +110,12 @@ def _memory(model, batch_size: int) -> dict:
     params = sum(p.size for p in model.parameters().values()) + sum(v.size for v in model.buffers().values())
     trainable = sum(p.size for p in model.parameters(trainable_only=True).values())
     sizes = {t: volume(model.tensor_shape(t)) for t in range(len(plan.inputs) + len(plan.steps))}
-    inference = inference_peak(plan, sizes, plan.outputs, batch_size)
+    fold = folding_batch_norm()   # the memory of inference as the entry points would run it here
+    inference = inference_peak(plan, sizes, plan.outputs, batch_size, fold)
     gradients = {id(layer): float32_bytes(sum(p.size for p in layer.parameters().values() if p.trainable))
                  for layer in model.layers}
-    training = training_peaks(plan, sizes, scoring_tensors(model), training_steps(model), gradients, batch_size)
+    training = training_peaks(plan, sizes, scoring_tensors(model), training_steps(model), gradients, batch_size,
+                              fold)
     weights = float32_bytes(params)
     optimizer = {name: float32_bytes(slots * trainable) for name, slots in OPTIMIZER_SLOTS.items()}
     return {"batch_size": batch_size, "parameters_bytes": weights,

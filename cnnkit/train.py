@@ -23,7 +23,7 @@ from .history import History   # also cnnkit.train.History, where it lived befor
 from .layers import Softmax
 from .executor import Tape, run_backward, run_forward
 from .ops.loss import softmax_cross_entropy
-from .ops.runtime import entry_point, runtime
+from .ops.runtime import entry_point, folding_batch_norm, runtime
 from .optim import SGD, OneCycleLR, Optimizer, ReduceLROnPlateau
 
 
@@ -102,7 +102,7 @@ def train_step(model, optimizer: Optimizer, x, y, distributed: MPI | None = None
     labels = list(y) if several else [y]
     weights = _loss_weights(loss_weights, len(targets))
     tape = Tape()
-    scores = run_forward(plan, model._arrays(x), targets, training_steps(model), tape)
+    scores = run_forward(plan, model._arrays(x), targets, training_steps(model), tape, folding_batch_norm())
     loss, gradients = 0.0, {}
     for tensor, score, label, weight in zip(targets, scores, labels, weights):
         part, dscores = softmax_cross_entropy(score, label)
@@ -138,7 +138,7 @@ def _loss_weights(weights, count: int) -> list[float]:
 @entry_point
 def scores_of(model, x: np.ndarray) -> np.ndarray:
     """Class scores in inference mode (no contexts kept)."""
-    return run_forward(model.plan, model._arrays(x), scoring_tensors(model)[:1])[0]
+    return run_forward(model.plan, model._arrays(x), scoring_tensors(model)[:1], fold=folding_batch_norm())[0]
 
 
 class _Metrics:

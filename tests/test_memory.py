@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.layers import Add, Conv2d, Dense, GlobalAvgPool2d, MaxPool2d, ReLU
+from cnnkit.layers import Add, BatchNorm2d, Conv2d, Dense, GlobalAvgPool2d, MaxPool2d, ReLU
+from cnnkit.live_set import inference_peak
 from cnnkit.ops import jit
 from cnnkit.train import train_step
 
@@ -103,3 +104,37 @@ def test_resnet_style_training_step_matches_the_measured_peak(compiled_kernels):
     peak = tracemalloc.get_traced_memory()[1] - start
     tracemalloc.stop()
     assert abs(peak - memory["training_peak_bytes"]) <= 0.15 * peak
+
+
+# ----------------------------------------------------------------- batch norm folded into its convolution
+
+def test_a_folded_batch_norm_allocates_nothing_of_its_own():
+    def peak(layers, fold=True):
+        model = cnnkit.Sequential(layers, input_shape=(16, 16, 3), seed=0)
+        sizes = {t: int(np.prod(model.tensor_shape(t))) for t in range(len(model.plan.steps) + 1)}
+        return inference_peak(model.plan, sizes, model.plan.outputs, BATCH, fold)
+
+    folded = peak([Conv2d(8, 3, padding=1, name="conv"), BatchNorm2d(name="bn"), ReLU()])
+    # the pair and its ReLU cost what a convolution with its own ReLU costs: its input and output
+    assert folded == peak([Conv2d(8, 3, padding=1, activation="relu", name="conv")])
+    unfolded = peak([Conv2d(8, 3, padding=1, name="conv"), BatchNorm2d(name="bn"), ReLU()], fold=False)
+    assert unfolded.step == "bn" and unfolded.bytes == 2 * BATCH * 16 * 16 * 8 * 4   # conv's output and bn's
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_resnet18_inference_live_set_matches_the_measured_peak_folded_or_not(compiled_kernels, fold):
+    # at 224 the activations dwarf the kernels' per-worker blocks (about 1 MB each, not counted)
+    model = cnnkit.models.resnet18(num_classes=10)
+    x = np.random.default_rng(0).standard_normal((BATCH, 224, 224, 3), dtype=np.float32)
+    with cnnkit.runtime(fold_batch_norm=fold):
+        memory = model.summary(batch_size=BATCH, format="dict")["memory"]
+        model.predict(x, batch_size=BATCH)   # the first call caches folded weights and Winograd filters
+        tracemalloc.start()
+        start = tracemalloc.get_traced_memory()[0]
+        model.predict(x, batch_size=BATCH)
+        peak = tracemalloc.get_traced_memory()[1] - start
+        tracemalloc.stop()
+    # folded, the stem's batch norm allocates nothing: the peak moves from bn1 (conv1's output and
+    # bn1's) to the max pooling (the stem's output and the pool's)
+    assert memory["inference_peak_at"] == ("maxpool" if fold else "bn1")
+    assert abs(peak - memory["inference_activations_bytes"]) <= 0.05 * peak

@@ -114,3 +114,24 @@ def test_load_state_dict_reports_ragged_values_with_the_rest():
     with pytest.raises(WeightsError, match=r"wrong shapes: conv1_2.bias: model \(16,\), given \(3,\) \| "
                                            r"not real numbers: conv1_1.bias: not an array$"):
         model.load_state_dict(state, strict=False)
+
+
+def test_the_packed_gemm_weight_is_kept_and_follows_the_bias(monkeypatch):
+    # the compiled GEMM multiplies by the weight with the bias as its last row: a copy, made once
+    from cnnkit.ops import conv as conv_ops
+    from cnnkit.ops import jit
+    monkeypatch.setenv("CNNKIT_JIT", "1")
+    assert jit.enabled()
+    packed = []
+    original = conv_ops.packed_weight
+    monkeypatch.setattr(conv_ops, "packed_weight", lambda *a: packed.append(a[0].shape) or original(*a))
+    model = _model()
+    x = np.random.default_rng(2).standard_normal((1, 16, 16, 16)).astype(np.float32)   # batch 1: GEMM
+    before = model.forward(x)
+    model.forward(x)
+    assert len(packed) == 2                                  # one per convolution, kept for the second call
+    bias = model["conv1_2"].parameters()["bias"]
+    bias.value = bias.value + 1
+    after = model.forward(x)
+    assert len(packed) == 3
+    np.testing.assert_allclose(after, before + 1, rtol=1e-6, atol=1e-5)

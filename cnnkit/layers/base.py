@@ -49,6 +49,12 @@ class Layer(ABC):
     fused_as: str | None = None
     #: How many input tensors the layer takes: 1, or None for any number (merge layers).
     arity: int | None = 1
+    #: ``call(fold=layer)`` computes, in inference, what this layer followed by ``layer`` (one with
+    #: :attr:`affine_in_inference`) computes, the map folded into this layer's weights.
+    folds_affine = False
+    #: In inference this layer is a per-channel affine map ``x * scale + shift`` over the last axis
+    #: (:meth:`inference_affine`), which the layer before it may fold (the executor decides).
+    affine_in_inference = False
 
     def __init__(self, name: str | None = None):
         self.name = name
@@ -58,6 +64,8 @@ class Layer(ABC):
         self.init_scheme = "glorot"
         self._params: dict[str, Parameter] = {}
         self._buffers: dict[str, np.ndarray] = {}
+        #: moves on whenever the buffers may have changed (see :meth:`mark_buffers_changed`)
+        self.buffers_version = 0
         self._cache = None
         #: ``trainable`` from a saved config, applied to the parameters once build creates them
         self._saved_trainable: bool | dict[str, bool] = True
@@ -114,7 +122,8 @@ class Layer(ABC):
         the caller hands ``x`` over (nobody reads it afterwards), so the layer may compute in its
         memory. ``activation``: one of :attr:`fusable_activations`, applied to the output as it is
         written; the backward then applies its derivative as it reads the gradient. Only an
-        executor that knows who reads what passes these two.
+        executor that knows who reads what passes these two (and ``fold=layer``, in inference, to
+        a layer that :attr:`folds_affine`).
 
         Layers written to the first contract (``forward`` keeping a cache in ``self._cache``,
         ``backward`` reading it) still work through this default, but such a layer object cannot
@@ -223,8 +232,31 @@ class Layer(ABC):
         return {name: _read_only(value) for name, value in self._buffers.items()}
 
     def writable_buffers(self) -> dict[str, np.ndarray]:
-        """The buffers themselves, for loaders that fill them in place (``Sequential.load_state_dict``)."""
+        """The buffers themselves, for loaders that fill them in place (``Sequential.load_state_dict``).
+
+        Handing them out moves :attr:`buffers_version` on, so what was derived from them (a
+        convolution's weights with this batch norm folded in) is recomputed at its next use; write
+        before computing again, or call :meth:`mark_buffers_changed` after writing
+        (``Model.writable_state`` does when its block ends)."""
+        self.mark_buffers_changed()
         return dict(self._buffers)
+
+    def mark_buffers_changed(self) -> None:
+        """Move :attr:`buffers_version` on: every route that writes a buffer calls it (a training
+        forward updating running statistics, loaders), as a ``Parameter``'s version moves."""
+        self.buffers_version += 1
+
+    def state_version(self) -> tuple:
+        """A key that changes whenever a parameter or buffer of this layer may have changed: each
+        parameter's version and array, the buffers' version and arrays. Caches derived from the
+        layer's numbers (folded weights) are kept under it."""
+        return (tuple((param.version, id(param.value)) for param in self._params.values()),
+                self.buffers_version, tuple(id(value) for value in self._buffers.values()))
+
+    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-channel ``(scale, shift)`` in float64 of a layer that is the map
+        ``x * scale + shift`` in inference (:attr:`affine_in_inference`)."""
+        raise NotImplementedError(f"{type(self).__name__} is not an affine map in inference")
 
     def param_count(self) -> int:
         """Learnable numbers in this layer (trainable or frozen; buffers excluded)."""

@@ -9,9 +9,10 @@ import numpy as np
 
 from ..arithmetic import (CallMemory, as_pair, check_positive, conv_macs, conv_params, depthwise_params,
                           unread_rows, window_output_size, windows_2d)
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..init import initial_weight
 from ..ops.conv import ACTIVATIONS, ALGORITHM_NAMES, conv2d, conv2d_backward, copies_padded_input, unmet_needs
+from ..ops.norm import folded_weights
 from ..parameter import Parameter
 from .base import Layer
 
@@ -32,6 +33,8 @@ class _Convolution(Layer):
         self.algorithm = algorithm
         self._filter_key = None
         self._filter_cache: dict = {}
+        self._fold_key = None
+        self._fold: tuple | None = None   # (weight, bias, filter cache) with an affine layer folded in
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
@@ -101,20 +104,59 @@ class _Convolution(Layer):
         """A convolution without an activation of its own can apply the ReLU or ReLU6 layer after it."""
         return ("relu", "relu6") if self.activation is None else ()
 
-    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
-        """``(B, H, W, C) -> (B, H2, W2, N)``; the context keeps the input (and an activation's output, its mask)."""
+    @property
+    def folds_affine(self) -> bool:
+        """A convolution without an activation of its own can fold the batch norm after it (inference)."""
+        return self.activation is None
+
+    def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None,
+             fold: Layer | None = None):
+        """``(B, H, W, C) -> (B, H2, W2, N)``; the context keeps the input (and an activation's output, its mask).
+
+        ``fold``: a layer that is a per-channel affine map in inference (:class:`BatchNorm2d`);
+        the call then returns what that layer gives for this convolution's output (then
+        ``activation``), computed as one convolution with the map folded into the weights
+        (:func:`cnnkit.ops.norm.folded_weights`): equal to float32 rounding, not bit for bit.
+        Inference only: the gradient of the pair is not the folded convolution's.
+        """
         self._refuse_activation(activation)
         x = self.check_input(x)
+        if fold is not None:
+            return self._call_folded(x, training, activation, fold), None
         bias = self._params["bias"].value if self.use_bias else None
         y, context = conv2d(x, self._grouped_weight(), bias, self._windows, self.activation or activation,
                             self.algorithm, self._filters(x.dtype), self._groups())
         return y, (context if training else None)
 
+    def _call_folded(self, x: np.ndarray, training: bool, activation: str | None, affine: Layer) -> np.ndarray:
+        if training or not self.folds_affine or not affine.affine_in_inference:
+            raise ConfigError(f"{self.label}: cannot fold {affine.label} into this convolution (training={training}, "
+                              f"activation={self.activation!r}); a convolution without an activation of its own "
+                              f"folds a batch norm in inference only, where the pair's gradient is not needed")
+        weight, bias, filters = self._folded(affine, x.dtype)
+        y, _ = conv2d(x, weight, bias, self._windows, activation, self.algorithm, filters, self._groups())
+        return y
+
+    def _folded(self, affine: Layer, dtype) -> tuple:
+        """``(weight, bias, filter cache)`` with ``affine`` folded in, in ``dtype``: kept until this
+        layer's or ``affine``'s parameters or buffers change (their :meth:`~Layer.state_version`),
+        or another layer is folded (a convolution shared by two nodes keeps one fold at a time)."""
+        key = (id(affine), affine.state_version(), self.state_version(), np.dtype(dtype))
+        if self._fold_key != key:
+            scale, shift = affine.inference_affine()
+            if scale.shape != (self.output_shape[-1],):
+                raise ShapeError(f"{self.label}: cannot fold {affine.label}, a map of {scale.shape[0]} channels, "
+                                 f"into a convolution of {self.output_shape[-1]} output channels")
+            bias = self._params["bias"].value if self.use_bias else None
+            weight, bias = folded_weights(self._grouped_weight(), bias, scale, shift, dtype)
+            self._fold_key, self._fold = key, (weight, bias, {})
+        return self._fold
+
     def _filters(self, dtype) -> dict:
-        """The cache of the weight's transformed filters that :func:`cnnkit.ops.conv2d` fills: a new
-        one whenever the weight changed (its version, or its array) or the dtype computed in did."""
-        weight = self._params["weight"]
-        key = (weight.version, id(weight.value), dtype)
+        """The cache of the weight's transformed filters (and the weight packed with the bias) that
+        :func:`cnnkit.ops.conv2d` fills: a new one whenever the weight or the bias changed (their
+        versions, or their arrays) or the dtype computed in did."""
+        key = (self.state_version(), dtype)
         if self._filter_key != key:
             self._filter_key, self._filter_cache = key, {}
         return self._filter_cache

@@ -11,7 +11,7 @@ from ..arithmetic import batchnorm_params
 from ..errors import ConfigError, ShapeError
 from ..ops.norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
                         batch_norm_train_backward, batch_norm_train_synced, batch_norm_train_synced_backward,
-                        update_running)
+                        fixed_scale_shift, update_running)
 from ..parameter import Parameter
 from .base import Layer
 
@@ -54,9 +54,17 @@ class BatchNorm2d(Layer):
     needs; the layer is the affine map ``x * gamma / sqrt(running_var + eps) + shift`` and
     ``gamma``/``beta`` still learn unless frozen themselves. ``forward(x, training=False)``
     never caches, whatever the flag.
+
+    In inference the layer is the affine map ``x * scale + shift`` (:meth:`inference_affine`),
+    and the executor folds it into a convolution whose output it alone reads (see
+    :mod:`cnnkit.executor`; ``cnnkit.runtime(fold_batch_norm=False)`` turns that off): the
+    convolution runs with ``w * scale`` and ``b * scale + shift`` and this layer's call does not
+    run. The folded weights are kept until the convolution's or this layer's parameters, or the
+    running statistics (:attr:`buffers_version`), change.
     """
 
     fresh_output = True
+    affine_in_inference = True
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, frozen_stats: bool = False,
                  name: str | None = None):
@@ -108,7 +116,19 @@ class BatchNorm2d(Layer):
         update_running(mean, batch_mean, self.momentum)
         # the running variance estimates the population: unbiased, as PyTorch
         update_running(var, batch_var * (count / (count - 1)), self.momentum)
+        self.mark_buffers_changed()   # weights folded with the old statistics are stale
         return y, (mode, x_hat, inv_std)
+
+    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(scale, shift)`` in float64 of the inference map: ``scale = gamma / sqrt(running_var +
+        eps)``, ``shift = beta - running_mean * scale``."""
+        gamma, beta = self._params["weight"].value, self._params["bias"].value
+        return fixed_scale_shift(self._buffers["running_mean"], self._buffers["running_var"], gamma, beta,
+                                 self.eps, np.float64)
+
+    def state_version(self) -> tuple:
+        # eps is a plain attribute that changes the map too
+        return (*super().state_version(), self.eps)
 
     def _check_count(self, count: int, shape) -> None:
         if count < 2:

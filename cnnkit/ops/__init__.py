@@ -16,7 +16,7 @@ from .depthwise import depthwise_conv2d, depthwise_conv2d_backward
 from .linear import linear, linear_backward
 from .loss import log_softmax, softmax, softmax_backward, softmax_cross_entropy
 from .norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
-                   batch_norm_train_backward, update_running)
+                   batch_norm_train_backward, folded_weights, update_running)
 from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
                    global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
 from .reduce import sum_rows
@@ -30,7 +30,7 @@ __all__ = [
     "linear", "linear_backward",
     "log_softmax", "softmax", "softmax_backward", "softmax_cross_entropy",
     "batch_norm_fixed", "batch_norm_frozen", "batch_norm_frozen_backward", "batch_norm_train",
-    "batch_norm_train_backward", "update_running",
+    "batch_norm_train_backward", "folded_weights", "update_running",
     "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d",
     "global_max_pool2d_backward", "max_pool2d", "max_pool2d_backward",
     "sum_rows",

@@ -38,9 +38,10 @@ with the measurements behind them, in :mod:`cnnkit.ops.tuning`. The kernels behi
 
 The forward returns a :class:`ConvContext` beside its output: what the backward needs, so one
 layer can run at several places of a graph. The backward chooses again, with the backward's
-thresholds. Winograd rows transform the filters; a caller that passes ``filter_cache`` (a dict
-it keeps for one weight and replaces by a new one when the weight changes, as
-:class:`~cnnkit.layers.Conv2d` does on the weight's version) has them kept there, by tile and
+thresholds. Winograd rows transform the filters, and the compiled GEMM row packs the weight
+with the bias as its last row; a caller that passes ``filter_cache`` (a dict it keeps for one
+weight and bias and replaces by a new one when either changes, as
+:class:`~cnnkit.layers.Conv2d` does on their versions) has them kept there, by tile (or row) and
 dtype, between calls.
 """
 
@@ -58,7 +59,7 @@ from .activation import relu6_backward
 from .depthwise import depthwise_conv2d, depthwise_conv2d_backward
 from .gemm import (gemm_conv2d, gemm_conv2d_backward, grouped_conv2d, grouped_conv2d_backward, pointwise_conv2d,
                    pointwise_conv2d_backward)
-from .gemm_fast import compiled_gemm_conv2d, compiled_gemm_conv2d_backward
+from .gemm_fast import compiled_gemm_conv2d, compiled_gemm_conv2d_backward, packed_weight
 from .winograd import filter_gradient, transform_filter, winograd_conv2d, winograd_conv2d_backward
 from .winograd_fast import compiled_winograd_conv2d, compiled_winograd_conv2d_backward
 
@@ -161,8 +162,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry:
     ``Ho = floor((H + P_before + P_after - D*(Kh - 1) - 1)/S) + 1`` (likewise Wo), ``geometry``
     giving the windows (:func:`cnnkit.arithmetic.windows_2d`). ``algorithm``: ``"auto"`` or a
     name of :data:`ALGORITHM_NAMES` (see :func:`choose_algorithm`). ``filter_cache``: a dict the
-    caller keeps for this weight and replaces when the weight changes; Winograd keeps its
-    transformed filters there. ``groups``: input channels and filters cut into that many groups,
+    caller keeps for this weight and bias and replaces when either changes; Winograd keeps its
+    transformed filters there, the compiled GEMM its weight matrix with the bias. ``groups``: input channels and filters cut into that many groups,
     each filter group reading its input group only (``groups == C``: a depthwise convolution).
     ``context`` is what :func:`conv2d_backward` needs.
     """
@@ -293,6 +294,21 @@ def _compiled_winograd4_backward(dy, x, weight, geometry, need_input_grad, need_
     return dx, filter_gradient(du, 4, weight), dbias
 
 
+def _compiled_gemm_forward(x, weight, bias, geometry, relu, filters):
+    # with a bias the packed matrix is a copy of the weight: kept in ``filters`` rather than made per call
+    packed = None
+    if filters is not None:
+        key = ("gemm", x.dtype, bias is not None)
+        packed = filters.get(key)
+        if packed is None:
+            packed = filters[key] = packed_weight(weight, bias, x.dtype)
+    return compiled_gemm_conv2d(x, weight, bias, geometry, relu, packed)
+
+
+def _compiled_gemm_backward(dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output, filters):
+    return compiled_gemm_conv2d_backward(dy, x, weight, geometry, need_input_grad, need_weight_grad, relu_output)
+
+
 def _depthwise_forward(x, weight, bias, geometry, relu, filters):
     return depthwise_conv2d(x, _per_channel(weight, x.shape[-1]), bias, geometry, relu)
 
@@ -326,7 +342,7 @@ ALGORITHMS: tuple[Algorithm, ...] = (
     Algorithm("gemm", None, *_without_filters(pointwise_conv2d, pointwise_conv2d_backward), kernel=(1, 1),
               stride_one=True, unpadded=True, automatic=True, pads_input=False,
               needs="a 1x1 kernel with stride 1 and no padding"),
-    Algorithm("gemm", True, *_without_filters(compiled_gemm_conv2d, compiled_gemm_conv2d_backward), automatic=True,
+    Algorithm("gemm", True, _compiled_gemm_forward, _compiled_gemm_backward, automatic=True,
               pads_input=False, needs="any window"),
     Algorithm("gemm", False, *_without_filters(gemm_conv2d, gemm_conv2d_backward), automatic=True,
               needs="any window"),

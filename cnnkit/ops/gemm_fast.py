@@ -63,16 +63,22 @@ class _Columns:
         return np.empty((self.block_rows, self.width), self.x.dtype)
 
 
-def compiled_gemm_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
-                         relu: bool = False) -> np.ndarray:
-    """``(B, Ho, Wo, N)`` convolution of ``x`` (B, H, W, C) by ``weight`` (Kh, Kw, C, N) plus ``bias``
-    (N,) or None, followed by ReLU when ``relu``; weight and bias are taken in the dtype of ``x``."""
-    weight = weight.astype(x.dtype, copy=False)
-    bias = None if bias is None else bias.astype(x.dtype, copy=False)
+def packed_weight(weight: np.ndarray, bias: np.ndarray | None, dtype) -> np.ndarray:
+    """The matrix the forward multiplies the columns by: ``weight`` (Kh, Kw, C, N) as
+    ``(Kh*Kw*C, N)`` in ``dtype``, with ``bias`` as one more last row when given (a copy of the
+    weight then, which a caller that keeps it saves on every call)."""
     kh, kw, c, n = weight.shape
-    w2 = weight.reshape(kh * kw * c, n)
-    if bias is not None:
-        w2 = np.concatenate([w2, bias[None]])
+    w2 = weight.astype(dtype, copy=False).reshape(kh * kw * c, n)
+    return w2 if bias is None else np.concatenate([w2, bias.astype(dtype, copy=False)[None]])
+
+
+def compiled_gemm_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, geometry: Geometry,
+                         relu: bool = False, packed: np.ndarray | None = None) -> np.ndarray:
+    """``(B, Ho, Wo, N)`` convolution of ``x`` (B, H, W, C) by ``weight`` (Kh, Kw, C, N) plus ``bias``
+    (N,) or None, followed by ReLU when ``relu``; weight and bias are taken in the dtype of ``x``.
+    ``packed``: :func:`packed_weight` of this weight and bias in that dtype, when the caller keeps it."""
+    kh, kw, c, n = weight.shape
+    w2 = packed_weight(weight, bias, x.dtype) if packed is None else packed
     columns = _Columns(x, weight.shape, geometry, ones=bias is not None)
     y = np.empty((columns.rows, n), dtype=x.dtype)
     if columns.shared():

@@ -8,7 +8,8 @@ Statistics are taken per channel over every other axis: ``(B, H, W)`` for a volu
 - the backward of that, through the mean and the variance:
   ``dx = gamma / sqrt(var + eps) / N * (N * dy - sum(dy) - x_hat * sum(dy * x_hat))``;
 - with fixed statistics (inference, or frozen-statistics fine-tuning) the map is affine,
-  ``y = x * scale + shift``, and ``dx = dy * gamma / sqrt(running_var + eps)``.
+  ``y = x * scale + shift``, and ``dx = dy * gamma / sqrt(running_var + eps)``; in inference it
+  can be folded into the convolution before it (:func:`folded_weights`).
 
 ``gamma``/``beta`` gradients are ``sum(dy * x_hat)`` and ``sum(dy)`` in both cases.
 
@@ -127,6 +128,25 @@ def fixed_scale_shift(mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta
     scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     shift = beta - mean * scale
     return scale.astype(dtype), shift.astype(dtype)
+
+
+def folded_weights(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray,
+                   dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The weight and bias of a layer that gives at once what ``weight``/``bias`` followed by the
+    per-channel map ``y * scale + shift`` give (batch norm with fixed statistics folded into the
+    convolution before it): ``w' = w * scale`` over the last axis (the output channels) and
+    ``b' = b * scale + shift``, which with :func:`fixed_scale_shift`'s ``scale = gamma / sqrt(var
+    + eps)`` and ``shift = beta - mean * scale`` is ``(b - mean) * gamma / sqrt(var + eps) + beta``.
+    ``bias`` None counts as zeros. Computed in float64 and rounded once to ``dtype``.
+
+    The folded layer rounds differently from the pair (its products are of ``w * scale`` rounded,
+    not of ``w`` with the result scaled), so the two agree to float32 rounding, not bit for bit.
+    """
+    scale64 = np.asarray(scale, np.float64)
+    folded = (weight.astype(np.float64) * scale64).astype(dtype)
+    shift64 = np.asarray(shift, np.float64)
+    folded_bias = shift64 if bias is None else bias.astype(np.float64) * scale64 + shift64
+    return folded, folded_bias.astype(dtype)
 
 
 def batch_norm_frozen(x: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

@@ -10,6 +10,10 @@ cnnkit changes three things that belong to the whole process, and only through t
   (:mod:`cnnkit.ops.allocator`).
 - **The worker pool's threads.**
 
+One more setting belongs to the caller's block, not to the process: ``fold_batch_norm``, whether
+inference folds batch norm into the convolution before it (:mod:`cnnkit.executor`), which the
+entry points pass on to the executor (:func:`folding_batch_norm`).
+
 A *user* of these settings is a ``with runtime(...)`` block, an entry point (:func:`entry_point`:
 a model's forward, backward, predict, a training step) or a parallel map; users nest and may run
 in several threads at once. Under one lock the first user to enter holds BLAS and the last to
@@ -50,6 +54,7 @@ WORKER_PREFIX = "cnnkit-worker"
 
 _threads: contextvars.ContextVar[int | None] = contextvars.ContextVar("cnnkit_threads", default=None)
 _processes: contextvars.ContextVar[int] = contextvars.ContextVar("cnnkit_processes", default=1)
+_fold_batch_norm: contextvars.ContextVar[bool] = contextvars.ContextVar("cnnkit_fold_batch_norm", default=True)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Settings:
     blas_held: bool        # NumPy's BLAS held to one thread
     keeping_memory: bool   # malloc keeps freed memory in its heap (glibc)
     pool_workers: int      # the worker pool's size; 0 when there is no pool
+    fold_batch_norm: bool  # inference folds batch norm into the convolution before it (the calling thread's)
 
 
 class _Process:
@@ -161,7 +167,8 @@ _PROCESS = _Process()
 
 
 @contextmanager
-def runtime(threads: int | None = None, reuse_memory: bool = True, processes: int | None = None):
+def runtime(threads: int | None = None, reuse_memory: bool = True, processes: int | None = None,
+            fold_batch_norm: bool | None = None):
     """Compute inside the block with these settings; leaving it restores what was there before.
 
     Args:
@@ -176,6 +183,11 @@ def runtime(threads: int | None = None, reuse_memory: bool = True, processes: in
         processes: training processes that share this machine's cores (data-parallel training
             sets it): the pool then takes ``cores // processes`` of them unless ``threads`` or
             ``CNNKIT_NUM_THREADS`` says otherwise. None keeps the enclosing block's, else 1.
+        fold_batch_norm: in inference, run a convolution and the batch norm that alone reads its
+            output as one convolution with folded weights (then the ReLU after them too); the
+            numbers equal the pair's to float32 rounding, not bit for bit. False runs the two
+            layers as they are (for bit-for-bit comparisons with another framework's pair).
+            None keeps the enclosing block's, else True. Training steps never fold.
 
     Inside the block NumPy's BLAS runs one thread (the pool does the parallel work). Blocks
     nest and may be open in several threads at once: a setting of the whole process is restored
@@ -186,8 +198,13 @@ def runtime(threads: int | None = None, reuse_memory: bool = True, processes: in
     _check_count("processes", processes)
     if not isinstance(reuse_memory, bool):
         raise ConfigError(f"runtime: reuse_memory must be True or False; received reuse_memory={reuse_memory!r}")
+    if fold_batch_norm is not None and not isinstance(fold_batch_norm, bool):
+        raise ConfigError(f"runtime: fold_batch_norm must be True, False or None (keep the enclosing block's); "
+                          f"received fold_batch_norm={fold_batch_norm!r}")
     tokens = [(var, var.set(int(value))) for var, value in ((_threads, threads), (_processes, processes))
               if value is not None]
+    if fold_batch_norm is not None:
+        tokens.append((_fold_batch_norm, _fold_batch_norm.set(fold_batch_norm)))
     try:
         _PROCESS.enter(memory=reuse_memory, block=True)
         try:
@@ -247,11 +264,18 @@ def num_threads() -> int:
     return int(value)
 
 
+def folding_batch_norm() -> bool:
+    """Does inference fold batch norm into the convolution before it here (the innermost block's
+    ``fold_batch_norm``, else True)?"""
+    return _fold_batch_norm.get()
+
+
 def settings() -> Settings:
     """A snapshot of the settings in effect (the thread count is the calling thread's)."""
     with _PROCESS.lock:
         return Settings(threads=num_threads(), users=_PROCESS.users, blas_held=_PROCESS.blas is not None,
-                        keeping_memory=_PROCESS.keeping, pool_workers=_PROCESS.pool_workers)
+                        keeping_memory=_PROCESS.keeping, pool_workers=_PROCESS.pool_workers,
+                        fold_batch_norm=folding_batch_norm())
 
 
 def _check_count(name: str, value) -> None:
