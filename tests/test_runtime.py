@@ -31,9 +31,13 @@ class _Mallinfo2(ctypes.Structure):
                  "keepcost")]
 
 
-def _large_array_is_mmapped(nbytes: int = 64 << 20) -> bool:
-    """Whether malloc serves a 64 MB array by mmap (glibc's default above its threshold, at most
-    32 MiB) rather than from its heap (while it keeps freed memory): malloc's observable setting."""
+def _large_array_is_mmapped(nbytes: int = 1 << 30) -> bool:
+    """Whether malloc serves a 1 GiB array by mmap (glibc's default above its threshold, at most
+    32 MiB) rather than from its heap (while it keeps freed memory): malloc's observable setting.
+
+    The array is far larger than any free region earlier tests can leave in the heap (a 64 MB one
+    was sometimes served from freed heap memory after the Keras tests); it is never written, so it
+    costs address space only."""
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = _Mallinfo2
     before = libc.mallinfo2().hblkhd
