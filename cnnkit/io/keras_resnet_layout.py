@@ -22,7 +22,7 @@ import re
 
 from ..errors import WeightsError
 from .keras3 import NORM_VARIABLES
-from .resnet_layout import ASSIGN
+from .torch_layout import ASSIGN
 
 TOP_LAYERS = ("predictions",)
 TOP_PREFIXES = ("predictions/", "predictions.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from ..errors import WeightsError
-from .resnet_layout import ASSIGN, FROM_OIHW, FROM_OUT_IN
+from . import torch_layout
 
 TOP_LAYERS = ("classifier.1",)
 TOP_PREFIXES = ("classifier.",)
@@ -50,29 +50,13 @@ def detect(state: dict, model) -> str:
         raise WeightsError(f"cannot tell which MobileNetV2 release these weights come from (first keys: {sample}); "
                            f"expected torchvision names ('features.0.0.weight', 'features.1.conv.0.0.weight', "
                            f"'classifier.1.weight') or a cnnkit MobileNetV2's (the same names)")
-    stem = state.get(f"{STEM}.weight")
-    ours = tuple(model[STEM].parameters()["weight"].shape)
-    if stem is not None and tuple(getattr(stem, "shape", ())) == ours and ours != _oihw(ours):
-        return "cnnkit"
-    return "torchvision"
+    return torch_layout.source_of(state, model, STEM)
 
 
 def array_copy(layer: str, local: str, shape: tuple[int, ...], source: str) -> tuple[str, tuple[int, ...], str]:
     """The file key, the shape it must have there and the re-layout kind for the model array
-    ``layer.local`` of ``shape``."""
-    key = f"{layer}.{local}"
-    if source == "cnnkit":
-        return key, shape, ASSIGN
-    if len(shape) == 4:
-        return key, _oihw(shape), FROM_OIHW
-    if layer == CLASSIFIER and local == "weight":
-        return key, shape[::-1], FROM_OUT_IN
-    return key, shape, ASSIGN
-
-
-def _oihw(hwio: tuple[int, ...]) -> tuple[int, ...]:
-    h, w, i, o = hwio
-    return o, i, h, w
+    ``layer.local`` of ``shape`` (:func:`cnnkit.io.torch_layout.array_copy`)."""
+    return torch_layout.array_copy(layer, local, shape, source, classifier=CLASSIFIER)
 
 
 def hint(state: dict, model, wrong_shapes: bool, top_missing: bool) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
-from . import keras3, keras_resnet_layout, mobilenet_layout, resnet_layout
+from . import keras3, keras_resnet_layout, mobilenet_layout, resnet_layout, torch_layout
 from .keras_archive import is_keras_archive, read_keras_archive
 from .keras_h5 import read_keras_h5_with_names
 from .safetensors_io import read_safetensors, read_safetensors_metadata
@@ -363,8 +363,8 @@ def _from_out_in(target: np.ndarray, source: np.ndarray) -> None:
     target[...] = source.T
 
 
-RELAYOUTS = {resnet_layout.ASSIGN: _assign, resnet_layout.FROM_OIHW: _from_oihw,
-             resnet_layout.FROM_OUT_IN: _from_out_in}
+RELAYOUTS = {torch_layout.ASSIGN: _assign, torch_layout.FROM_OIHW: _from_oihw,
+             torch_layout.FROM_OUT_IN: _from_out_in}
 
 
 def _from_pointwise(target: np.ndarray, source: np.ndarray) -> None:

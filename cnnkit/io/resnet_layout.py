@@ -19,9 +19,8 @@ from __future__ import annotations
 import re
 
 from ..errors import WeightsError
+from . import torch_layout
 
-#: re-layout kinds of :func:`array_copy`, as :mod:`cnnkit.io.pretrained` names its fills
-ASSIGN, FROM_OIHW, FROM_OUT_IN = "assign", "oihw", "out_in"
 TOP_LAYERS = ("fc",)
 TOP_PREFIXES = ("fc.",)
 #: (block kind, blocks per stage) -> the torchvision function that builds it
@@ -54,29 +53,13 @@ def detect(state: dict, model) -> str:
         raise WeightsError(f"cannot tell which ResNet release these weights come from (first keys: {sample}); "
                            f"expected torchvision or timm names ('conv1.weight', 'layer1.0.conv1.weight', "
                            f"'fc.weight') or a cnnkit ResNet's (the same names)")
-    stem = state.get("conv1.weight")
-    ours = tuple(model["conv1"].parameters()["weight"].shape)
-    if stem is not None and tuple(getattr(stem, "shape", ())) == ours and ours != _oihw(ours):
-        return "cnnkit"
-    return "torchvision"
+    return torch_layout.source_of(state, model, "conv1")
 
 
 def array_copy(layer: str, local: str, shape: tuple[int, ...], source: str) -> tuple[str, tuple[int, ...], str]:
     """The file key, the shape it must have there and the re-layout kind for the model array
-    ``layer.local`` of ``shape``."""
-    key = f"{layer}.{local}"
-    if source == "cnnkit":
-        return key, shape, ASSIGN
-    if len(shape) == 4:
-        return key, _oihw(shape), FROM_OIHW
-    if layer == "fc" and local == "weight":
-        return key, shape[::-1], FROM_OUT_IN
-    return key, shape, ASSIGN
-
-
-def _oihw(hwio: tuple[int, ...]) -> tuple[int, ...]:
-    h, w, i, o = hwio
-    return o, i, h, w
+    ``layer.local`` of ``shape`` (:func:`cnnkit.io.torch_layout.array_copy`)."""
+    return torch_layout.array_copy(layer, local, shape, source, classifier="fc")
 
 
 def hint(state: dict, model, wrong_shapes: bool, top_missing: bool) -> str:
