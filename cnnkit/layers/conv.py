@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import numpy as np
 
@@ -172,9 +173,9 @@ class _Convolution(Layer):
             self._params["bias"].accumulate(dbias, fresh=True)
         return dx
 
+    @abstractmethod
     def _groups(self) -> int:
-        """The groups :func:`cnnkit.ops.conv2d` computes in."""
-        raise NotImplementedError
+        """The groups :func:`cnnkit.ops.conv2d` computes in (each kind of convolution says)."""
 
     def _grouped_weight(self) -> np.ndarray:
         """The weight in the layout :func:`cnnkit.ops.conv2d` takes, ``(Kh, Kw, C/groups, N)``."""
