@@ -1,7 +1,7 @@
 """cnnkit: convolutional neural networks from first principles on NumPy."""
 
 from . import arithmetic, layers, models, optim
-from .errors import CnnkitError, ConfigError, DataError, ShapeError, WeightsError
+from .errors import CnnkitError, ConfigError, DataError, OnnxError, ShapeError, WeightsError
 from .checkpoint import load
 from .gradcheck import GradcheckResult, gradcheck
 from .graph import Input
@@ -12,5 +12,5 @@ from .parameter import Parameter
 
 __version__ = "0.1.0"
 
-__all__ = ["Input", "Model", "Sequential", "register_layer", "load", "Parameter", "runtime", "CnnkitError", "ConfigError", "ShapeError", "WeightsError", "DataError",
+__all__ = ["Input", "Model", "Sequential", "register_layer", "load", "Parameter", "runtime", "CnnkitError", "ConfigError", "ShapeError", "WeightsError", "DataError", "OnnxError",
            "arithmetic", "layers", "models", "optim", "gradcheck", "GradcheckResult", "__version__"]

@@ -23,3 +23,7 @@ class WeightsError(CnnkitError):
 
 class DataError(CnnkitError):
     """A data set, image or label that cannot be read or used."""
+
+
+class OnnxError(WeightsError):
+    """An ONNX file that cannot be read or converted, or a model that cannot be exported to ONNX."""
