@@ -51,6 +51,9 @@ def detect(state: dict, model) -> str:
     if any(key.startswith((f"{STEM}.", "conv2_block1_1_conv.")) for key in keys):
         return "cnnkit"
     sample = sorted(keys)[:5]
+    if any(key.startswith(("Conv1/", "Conv1.", "expanded_conv_depthwise/")) for key in keys):
+        raise WeightsError(f"these are weights of Keras's MobileNetV2 (first keys: {sample}), not ResNet weights; "
+                           f"build it in Keras's layout, e.g. cnnkit.models.mobilenet_v2(weights=path)")
     if "conv1.weight" in keys or "layer1.0.conv1.weight" in keys:
         raise WeightsError(f"these are weights of torchvision's ResNet (first keys: {sample}), v1.5 without "
                            f"convolution biases; {model.name} is in Keras's layout: build it with "

@@ -184,9 +184,9 @@ def graph_layout(model):
     (:mod:`~cnnkit.io.resnet_layout`, :mod:`~cnnkit.io.keras_resnet_layout`,
     :mod:`~cnnkit.io.mobilenet_layout`, :mod:`~cnnkit.io.keras_mobilenet_layout`), or None for a
     VGG, whose keys are mapped here. Each offers ``detect``, ``array_copy``, ``hint``, ``has_top``,
-    ``TOP_LAYERS`` and ``TOP_PREFIXES``; a Keras layout also ``keras_layer_order`` and
-    ``architecture_of``; a layout whose sources imply other preprocessing than
-    :data:`PREPROCESSING` says so in its own ``PREPROCESSING``."""
+    ``TOP_LAYERS`` and ``TOP_PREFIXES``; a Keras layout also ``keras_layer_order``. Optional: a
+    layout whose sources imply other preprocessing than :data:`PREPROCESSING` says so in its own
+    ``PREPROCESSING``, and one whose sources spell a key two ways has ``canonical_keys(state)``."""
     if resnet_layout.is_resnet(model):
         return resnet_layout
     if keras_resnet_layout.is_keras_resnet(model):
@@ -264,9 +264,8 @@ def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict
         return keras3.name_by_structure(state, order, where, model.name)
     except WeightsError as error:
         convs = sum(1 for key in state if re.fullmatch(r"conv2d(_\d+)?/0", key))
-        layout = graph_layout(model)
-        guess = (layout.architecture_of(convs) if layout is not None
-                 else CONVS_PER_CONFIG.get(convs, keras_resnet_layout.architecture_of(convs)))
+        # any Keras application may be given to any model: name the file's by its convolutions
+        guess = CONVS_PER_CONFIG.get(convs, keras_mobilenet_layout.architecture_of(convs))
         raise WeightsError(f"{error}. The file holds {convs} convolutions ({guess}): build the "
                            "architecture the weights were trained as") from None
 
