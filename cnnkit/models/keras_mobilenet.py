@@ -28,7 +28,9 @@ features Keras users name are addressable (``model.features(x, "block_13_expand_
 - top: ``global_average_pooling2d`` and ``predictions`` (dense), with ``prob`` (softmax) after it
   for ``classifier_activation="softmax"`` (Keras puts the softmax inside ``predictions``; cnnkit
   keeps the scores addressable); without the top, ``pooling`` adds ``global_average_pooling2d``
-  or ``global_max_pooling2d`` (Keras's default names for these unnamed layers).
+  or ``global_max_pooling2d`` (Keras's default names for these unnamed layers; Keras numbers them
+  ``global_average_pooling2d_1`` ... in a session that built such layers before, and as they hold
+  no weights no file depends on it).
 
 Keras's ImageNet weights expect ``tf`` preprocessing: RGB pixels scaled to [-1, 1]
 (``x / 127.5 - 1``).
