@@ -286,6 +286,9 @@ def _check_unique(names: list[str], what: str, path: Path) -> None:
 
 
 def _text(text: str, what: str, path: Path) -> str:
+    """A string field of the file, checked: protobuf hands back bytes when they are not UTF-8."""
+    if not isinstance(text, str):
+        raise OnnxError(f"{path}: a {what} holds {bytes(text)[:40]!r}, which is not UTF-8 text; the file is damaged")
     if len(text) > MAX_NAME_LENGTH:
         raise OnnxError(f"{path}: a {what} is {len(text)} characters long, more than {MAX_NAME_LENGTH}; "
                         "the file is damaged")

@@ -162,6 +162,9 @@ def read_external(tensor: Any, what: str, nbytes: int, source: TensorSource) -> 
     """The ``nbytes`` bytes of an external tensor, as uint8, from a checked file in the model's folder."""
     entries: dict[str, str] = {}
     for entry in tensor.external_data:
+        if not isinstance(entry.key, str) or not isinstance(entry.value, str):  # bytes: not UTF-8
+            raise source.error(what, f"an external_data entry ({entry.key!r}) is not UTF-8 text; the file "
+                                     "is damaged")
         if entry.key in entries:
             raise source.error(what, f"external_data names {entry.key!r} twice; the file is damaged")
         entries[entry.key] = entry.value

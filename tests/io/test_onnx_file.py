@@ -155,6 +155,7 @@ def test_an_attribute_without_a_type_is_read_by_the_field_it_fills(tmp_path):
 
 
 @pytest.mark.torch
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # the TorchScript exporter says it is legacy
 def test_a_model_exported_by_torch_onnx_export_reads(tmp_path):
     import torch
 
@@ -313,6 +314,22 @@ def test_bad_attribute_values_are_refused(tmp_path, monkeypatch):
     node = helper.make_node("Reshape", ["x"], ["y"], name="reshape", shape=list(range(9)))
     assert_refused(_read, _save(_model([node], [_x()], [_x("y")]), tmp_path / "c.onnx"), OnnxError,
                    "attribute 'shape' of node 'reshape' .* 9 values, more than 8")
+
+
+@pytest.mark.parametrize("where", ["node name", "initializer name", "external location"])
+def test_names_that_are_not_utf8_are_refused(tmp_path, where):
+    """protobuf hands such a string field back as bytes; the reader refuses it by name."""
+    if where == "external location":
+        path = _external_model(tmp_path, location="QQQQ.bin")
+    else:
+        tensor = numpy_helper.from_array(np.zeros(1, np.float32), "QQQQ" if where == "initializer name" else "t")
+        model = _model([helper.make_node("Relu", ["x"], ["y"], name="QQQQ" if where == "node name" else "n")],
+                       [_x()], [_x("y")], [tensor])
+        path = _save(model, tmp_path / "model.onnx")
+    data = path.read_bytes()
+    assert data.count(b"QQQQ") == 1
+    path.write_bytes(data.replace(b"QQQQ", b"Q\xff\xfeQ"))
+    assert_refused(_read, path, OnnxError, "not UTF-8 text")
 
 
 def test_too_many_nodes_are_refused(tmp_path, monkeypatch):
