@@ -7,7 +7,8 @@ leaves "what does it mean for cnnkit" to the converter. What it guarantees:
   protobuf that does not parse, or is cut short, is an ``OnnxError``;
 * tensors (initializers and TENSOR attributes) are numeric arrays of a dtype cnnkit uses, their
   dims checked against the bytes present before any allocation, external data read only from
-  the model's folder (``cnnkit.io.onnx_tensors``);
+  the model's folder (``cnnkit.io.onnx_tensors``); attributes are plain values
+  (``cnnkit.io.onnx_attributes``);
 * the graph is SSA (every name defined once), closed (every input defined) and acyclic, and
   its nodes come back topologically sorted (files are required to be, but are not always);
 * what a CNN import never needs and a reader would have to trust is refused, not skipped:
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from cnnkit.errors import OnnxError
+from cnnkit.io.onnx_attributes import MAX_NAME_LENGTH, checked_text, node_attributes
 from cnnkit.io.onnx_tensors import DTYPES, MAX_RANK, TensorSource, dtype_name, tensor_array
 
 __all__ = ["DEFAULT_MAX_BYTES", "OnnxGraph", "OnnxNode", "OnnxValue", "read_onnx_graph"]
@@ -40,18 +42,9 @@ MAX_NODES = 100_000
 MAX_TENSORS = 100_000          # initializers
 MAX_VALUES = 100_000           # graph inputs, outputs and value_info entries, each
 MAX_NODE_ARITY = 10_000        # inputs, or outputs, of one node
-MAX_ATTRIBUTES = 1_000         # per node
-MAX_ATTRIBUTE_VALUES = 1 << 16  # entries of an INTS / FLOATS / STRINGS attribute
-MAX_NAME_LENGTH = 4096         # characters of a name, op type, domain or string attribute
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-# AttributeProto.AttributeType codes: readable ones, and the field that holds each.
-_FLOAT, _INT, _STRING, _TENSOR, _FLOATS, _INTS, _STRINGS = 1, 2, 3, 4, 6, 7, 8
-_GRAPHS = {5: "GRAPH", 10: "GRAPHS"}
-_UNREAD = {9: "TENSORS", 11: "SPARSE_TENSOR", 12: "SPARSE_TENSORS", 13: "TYPE_PROTO", 14: "TYPE_PROTOS"}
-_SINGLE_FIELDS = {"f": _FLOAT, "i": _INT, "s": _STRING, "t": _TENSOR, "g": 5, "sparse_tensor": 11, "tp": 13}
-_LIST_FIELDS = {"floats": _FLOATS, "ints": _INTS, "strings": _STRINGS, "tensors": 9, "graphs": 10,
-                "sparse_tensors": 12, "type_protos": 14}
+
 
 
 @dataclass(frozen=True)
@@ -168,7 +161,8 @@ def _read_model(model: Any, path: Path, source: TensorSource) -> OnnxGraph:
     inputs = tuple(value for value in inputs if value.name not in initializers)
     outputs = _graph_values(graph.output, "graph output", path)
     _check_unique([value.name for value in outputs], "graph output", path)
-    value_info = {info.name: _value(info, "value_info", path, strict=False) for info in graph.value_info}
+    value_info = {value.name: value for value in (_value(info, "value_info", path, strict=False)
+                                                  for info in graph.value_info)}
     nodes = _nodes(graph, opsets, source)
     defined = {**{name: "an initializer" for name in initializers},
                **{value.name: "a graph input" for value in inputs}}
@@ -177,8 +171,8 @@ def _read_model(model: Any, path: Path, source: TensorSource) -> OnnxGraph:
         if value.name not in defined:
             raise OnnxError(f"{path}: graph output '{value.name}' is not produced by any node, graph input "
                             "or initializer; the graph is incomplete")
-    producer = " ".join(filter(None, (_text(model.producer_name, "producer_name", path),
-                                      _text(model.producer_version, "producer_version", path))))
+    producer = " ".join(filter(None, (checked_text(model.producer_name, "producer_name", path),
+                                      checked_text(model.producer_version, "producer_version", path))))
     return OnnxGraph(path=path, opset=opsets[""], inputs=inputs, outputs=outputs, initializers=initializers,
                      nodes=nodes, value_info=value_info, opset_imports=opsets,
                      ir_version=int(model.ir_version), producer=producer)
@@ -187,7 +181,7 @@ def _read_model(model: Any, path: Path, source: TensorSource) -> OnnxGraph:
 def _opsets(model: Any, path: Path) -> dict[str, int]:
     opsets: dict[str, int] = {}
     for entry in model.opset_import:
-        domain = "" if entry.domain in _DEFAULT_DOMAINS else _text(entry.domain, "opset domain", path)
+        domain = "" if entry.domain in _DEFAULT_DOMAINS else checked_text(entry.domain, "opset domain", path)
         if domain in opsets:
             raise OnnxError(f"{path}: opset_import lists the domain {domain or 'ai.onnx'!r} twice; the "
                             "file is damaged")
@@ -225,7 +219,7 @@ def _check_counts(graph: Any, path: Path) -> None:
 def _initializers(graph: Any, source: TensorSource) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for tensor in graph.initializer:
-        name = _text(tensor.name, "initializer name", source.path)
+        name = checked_text(tensor.name, "initializer name", source.path)
         if not name:
             raise OnnxError(f"{source.path}: an initializer has no name; the file is damaged")
         if name in arrays:
@@ -241,7 +235,7 @@ def _graph_values(entries: Any, what: str, path: Path) -> tuple[OnnxValue, ...]:
 def _value(info: Any, what: str, path: Path, *, strict: bool) -> OnnxValue:
     """A ValueInfoProto as an OnnxValue. ``strict``: a graph input or output must be a tensor of a
     dtype cnnkit uses; a value_info entry only documents, so what cnnkit cannot use reads as None."""
-    name = _text(info.name, f"{what} name", path)
+    name = checked_text(info.name, f"{what} name", path)
     if not name:
         raise OnnxError(f"{path}: a {what} has no name; the file is damaged")
     kind = info.type.WhichOneof("value") if info.HasField("type") else None
@@ -273,7 +267,7 @@ def _shape(shape: Any, what: str, path: Path) -> tuple:
                                 "size with a dim_param name instead")
             dims.append(int(dim.dim_value))
         else:  # a symbolic name ("batch"), or nothing known
-            dims.append(_text(dim.dim_param, f"{what} dim_param", path) or None)
+            dims.append(checked_text(dim.dim_param, f"{what} dim_param", path) or None)
     return tuple(dims)
 
 
@@ -285,16 +279,6 @@ def _check_unique(names: list[str], what: str, path: Path) -> None:
         seen.add(name)
 
 
-def _text(text: str, what: str, path: Path) -> str:
-    """A string field of the file, checked: protobuf hands back bytes when they are not UTF-8."""
-    if not isinstance(text, str):
-        raise OnnxError(f"{path}: a {what} holds {bytes(text)[:40]!r}, which is not UTF-8 text; the file is damaged")
-    if len(text) > MAX_NAME_LENGTH:
-        raise OnnxError(f"{path}: a {what} is {len(text)} characters long, more than {MAX_NAME_LENGTH}; "
-                        "the file is damaged")
-    return text
-
-
 # -------------------------------------------------------------------------------- nodes
 
 
@@ -303,10 +287,10 @@ def _nodes(graph: Any, opsets: dict[str, int], source: TensorSource) -> list[Onn
     names = _node_names(protos, path)
     nodes = []
     for proto, name in zip(protos, names):
-        op_type = _text(proto.op_type, "op_type", path)
+        op_type = checked_text(proto.op_type, "op_type", path)
         if not op_type:
             raise OnnxError(f"{path}: node '{name}' has no op_type; the file is damaged")
-        domain = "" if proto.domain in _DEFAULT_DOMAINS else _text(proto.domain, "domain", path)
+        domain = "" if proto.domain in _DEFAULT_DOMAINS else checked_text(proto.domain, "domain", path)
         if domain not in opsets:
             raise OnnxError(f"{path}: node '{name}' ({op_type}) is in the domain {domain!r}, which the "
                             f"model does not import (imports: {sorted(opsets)}); the file is damaged")
@@ -314,16 +298,16 @@ def _nodes(graph: Any, opsets: dict[str, int], source: TensorSource) -> list[Onn
             if len(names_) > MAX_NODE_ARITY:
                 raise OnnxError(f"{path}: node '{name}' has {len(names_)} {what}, more than {MAX_NODE_ARITY}")
         nodes.append(OnnxNode(op_type=op_type, name=name,
-                              inputs=tuple(_text(n, "input name", path) for n in proto.input),
-                              outputs=tuple(_text(n, "output name", path) for n in proto.output),
-                              attributes=_attributes(proto, name, source), domain=domain))
+                              inputs=tuple(checked_text(n, "input name", path) for n in proto.input),
+                              outputs=tuple(checked_text(n, "output name", path) for n in proto.output),
+                              attributes=node_attributes(proto, name, source), domain=domain))
     return nodes
 
 
 def _node_names(protos: list, path: Path) -> list[str]:
     """Each node's name, unique: the file's own names first; an empty or repeated one becomes
     ``{op_type}_{index}`` (index in file order), suffixed ``_1``, ``_2`` ... if that is taken."""
-    given = [_text(proto.name, "node name", path) for proto in protos]
+    given = [checked_text(proto.name, "node name", path) for proto in protos]
     taken: set[str] = set()
     keep = []
     for name in given:
@@ -340,76 +324,6 @@ def _node_names(protos: list, path: Path) -> list[str]:
             taken.add(name)
         names.append(name)
     return names
-
-
-def _attributes(proto: Any, node: str, source: TensorSource) -> dict:
-    path = source.path
-    if len(proto.attribute) > MAX_ATTRIBUTES:
-        raise OnnxError(f"{path}: node '{node}' has {len(proto.attribute)} attributes, more than {MAX_ATTRIBUTES}")
-    values: dict = {}
-    for attribute in proto.attribute:
-        name = _text(attribute.name, "attribute name", path)
-        where = f"attribute '{name}' of node '{node}' ({proto.op_type})"
-        if not name:
-            raise OnnxError(f"{path}: node '{node}' has an attribute without a name; the file is damaged")
-        if name in values:
-            raise OnnxError(f"{path}: node '{node}' sets the attribute '{name}' twice; the file is damaged")
-        if attribute.ref_attr_name:
-            raise OnnxError(f"{path}: {where} refers to a function attribute "
-                            f"'{attribute.ref_attr_name[:100]}', which only exists inside functions; the "
-                            "file is damaged")
-        values[name] = _attribute_value(attribute, where, source)
-    return values
-
-
-def _attribute_type(attribute: Any, where: str, path: Path) -> int:
-    """The attribute's declared type; for files that leave it UNDEFINED, the one field it fills."""
-    if attribute.type:
-        return attribute.type
-    filled = [code for field_name, code in _SINGLE_FIELDS.items() if attribute.HasField(field_name)]
-    filled += [code for field_name, code in _LIST_FIELDS.items() if len(getattr(attribute, field_name))]
-    if len(filled) != 1:
-        raise OnnxError(f"{path}: {where} has no type and {'no value' if not filled else 'several values'}; "
-                        "the file is damaged")
-    return filled[0]
-
-
-def _attribute_value(attribute: Any, where: str, source: TensorSource) -> Any:
-    path = source.path
-    code = _attribute_type(attribute, where, path)
-    if code in _GRAPHS:
-        raise OnnxError(f"{path}: {where} is a subgraph ({_GRAPHS[code]}); control flow (If, Loop, Scan) "
-                        "is not part of a CNN cnnkit imports: export the model without it (constant "
-                        "conditions folded, loops unrolled)")
-    if code in _UNREAD:
-        raise OnnxError(f"{path}: {where} has type {_UNREAD[code]}, which cnnkit does not read")
-    if code == _FLOAT:
-        return float(attribute.f)
-    if code == _INT:
-        return int(attribute.i)
-    if code == _STRING:
-        return _decode(attribute.s, where, path)
-    if code == _TENSOR:
-        return tensor_array(attribute.t, where, source)
-    if code in (_FLOATS, _INTS, _STRINGS):
-        items = {_FLOATS: attribute.floats, _INTS: attribute.ints, _STRINGS: attribute.strings}[code]
-        if len(items) > MAX_ATTRIBUTE_VALUES:
-            raise OnnxError(f"{path}: {where} has {len(items)} values, more than {MAX_ATTRIBUTE_VALUES}")
-        if code == _FLOATS:
-            return tuple(float(v) for v in items)
-        if code == _INTS:
-            return tuple(int(v) for v in items)
-        return tuple(_decode(v, where, path) for v in items)
-    raise OnnxError(f"{path}: {where} has the unknown attribute type {code}; the file is damaged")
-
-
-def _decode(raw: bytes, where: str, path: Path) -> str:
-    if len(raw) > MAX_NAME_LENGTH:
-        raise OnnxError(f"{path}: {where} holds a string of {len(raw)} bytes, more than {MAX_NAME_LENGTH}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise OnnxError(f"{path}: {where} holds {raw[:40]!r}, which is not UTF-8 text; the file is damaged") from None
 
 
 # -------------------------------------------------------------------------------- graph

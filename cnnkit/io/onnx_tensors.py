@@ -228,18 +228,36 @@ def external_path(location: str, what: str, source: TensorSource) -> Path:
 
 def _open_regular(file: Path, what: str, source: TensorSource) -> int:
     """Open a regular file for reading without blocking on a FIFO, and without following a link
-    put in place after the path was resolved."""
+    put in place after the path was resolved; where the system shows what an open descriptor
+    is (Linux's /proc/self/fd), check again that it lies in the model's folder, so a folder
+    swapped for a link between the check and the open is caught too."""
     try:
-        mode = os.stat(file).st_mode
-        if stat.S_ISREG(mode):
-            fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                return fd
-            os.close(fd)
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            raise source.error(what, f"external data file {file} is not a regular file (a directory, FIFO "
+                                     "or device); point location at the data file")
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise source.error(what, f"external data file {file} cannot be opened ({exc}); check it") from None
-    raise source.error(what, f"external data file {file} is not a regular file (a directory, FIFO or "
-                             "device); point location at the data file")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise source.error(what, f"external data file {file} is not a regular file; it changed while "
+                                     "it was opened")
+        opened = _opened_path(fd)
+        if opened is not None and not opened.is_relative_to(source.folder):
+            raise source.error(what, f"external data file {file} opened as {opened}, outside the model's "
+                                     f"folder {source.folder}; it changed while it was opened")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _opened_path(fd: int) -> Path | None:
+    """The path the system gives an open descriptor, or None where it does not say."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 def _read_range(fd: int, offset: int, nbytes: int, file: Path, what: str, source: TensorSource) -> np.ndarray:

@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx", reason="the ONNX reader needs the optional on
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnnkit.errors import CnnkitError, OnnxError  # noqa: E402
-from cnnkit.io import onnx_file  # noqa: E402
+from cnnkit.io import onnx_attributes, onnx_file  # noqa: E402
 from cnnkit.io.onnx_file import OnnxGraph, OnnxNode, OnnxValue, read_onnx_graph  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -246,6 +246,29 @@ def test_bytes_that_are_no_onnx_protobuf_are_refused(tmp_path, cut):
     assert_refused(_read, path, OnnxError, "not an ONNX model|damaged|no graph")
 
 
+def test_subgraphs_nested_beyond_protobufs_depth_limit_are_refused(tmp_path):
+    """Graphs inside If nodes inside graphs, 2000 deep, written as raw protobuf (onnx.helper cannot
+    build them): the parser's depth limit refuses them, as a parse error, without a crash."""
+    def field(number, payload):
+        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+    graph = b""
+    for _ in range(2000):   # GraphProto.node(1) -> NodeProto.attribute(5) -> AttributeProto.g(6)
+        graph = field(1, field(4, b"If") + field(5, field(1, b"then_branch") + field(6, graph)))
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(field(7, graph))   # ModelProto.graph
+    assert_refused(_read, path, OnnxError, "is not an ONNX model .*protobuf")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
 def test_a_model_without_a_graph_is_refused(tmp_path):
     path = _save(onnx.ModelProto(ir_version=8), tmp_path / "empty.onnx")
     assert_refused(_read, path, OnnxError, "has no graph")
@@ -310,7 +333,7 @@ def test_bad_attribute_values_are_refused(tmp_path, monkeypatch):
     node = helper.make_node("Relu", ["x"], ["y"], name="act", mode=b"\xff\xfe")
     assert_refused(_read, _save(_model([node], [_x()], [_x("y")]), tmp_path / "b.onnx"), OnnxError,
                    "attribute 'mode' of node 'act' .* not UTF-8")
-    monkeypatch.setattr(onnx_file, "MAX_ATTRIBUTE_VALUES", 8)
+    monkeypatch.setattr(onnx_attributes, "MAX_ATTRIBUTE_VALUES", 8)
     node = helper.make_node("Reshape", ["x"], ["y"], name="reshape", shape=list(range(9)))
     assert_refused(_read, _save(_model([node], [_x()], [_x("y")]), tmp_path / "c.onnx"), OnnxError,
                    "attribute 'shape' of node 'reshape' .* 9 values, more than 8")
@@ -513,6 +536,20 @@ def test_a_symlink_leaving_the_folder_is_refused(tmp_path):
     (folder / "sub").symlink_to(tmp_path)   # a linked folder, too
     path = _external_model(folder, location="sub/secret.bin")
     assert_refused(_read, path, OnnxError, "outside the model's folder")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the check after opening uses Linux's /proc/self/fd")
+def test_a_file_swapped_out_of_the_folder_after_the_check_is_refused(tmp_path, monkeypatch):
+    """The path is checked, then opened: the descriptor is checked again, so a directory replaced
+    by a link between the two (simulated: the checked path is outside) is still refused."""
+    from cnnkit.io import onnx_tensors
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = _external_model(folder, location="w.bin")
+    (tmp_path / "outside.bin").write_bytes((folder / "w.bin").read_bytes())
+    monkeypatch.setattr(onnx_tensors, "external_path", lambda *args: tmp_path / "outside.bin")
+    assert_refused(_read, path, OnnxError, "opened as .*outside.bin, outside the model's folder")
 
 
 def test_external_directories_and_fifos_are_refused(tmp_path):
