@@ -96,6 +96,8 @@ def read_onnx_graph(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MA
             node, initializer or attribute, the value found and what to do.
     """
     path = Path(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise OnnxError(f"{path}: max_bytes={max_bytes!r} is not a number of bytes; give a non-negative int")
     onnx = _import_onnx()
     model, size = _parse(path, max_bytes, onnx)
     try:

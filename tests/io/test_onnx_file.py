@@ -474,6 +474,24 @@ def test_graph_inputs_and_outputs_must_be_usable_tensors(tmp_path):
     assert_refused(_read, _save(model, tmp_path / "c.onnx"), OnnxError, "graph input 'x' has the negative dimension -3")
 
 
+def test_value_info_cnnkit_cannot_use_reads_as_unknown(tmp_path):
+    """value_info only documents intermediate tensors: a sequence or an unusable dtype there is
+    not refused (as it is for graph inputs), it reads as unknown."""
+    infos = [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None),
+             helper.make_tensor_value_info("text", TensorProto.STRING, [2]),
+             helper.make_tensor_value_info("half", TensorProto.FLOAT16, [1, "C"])]
+    graph = read_onnx_graph(_save(_relu_model(value_info=infos), tmp_path / "v.onnx"))
+    assert graph.value_info == {"seq": OnnxValue("seq", None, None), "text": OnnxValue("text", (2,), None),
+                                "half": OnnxValue("half", (1, "C"), np.dtype(np.float16))}
+
+
+@pytest.mark.parametrize("max_bytes", [-1, 1.5, None, True])
+def test_max_bytes_must_be_a_count_of_bytes(tmp_path, max_bytes):
+    path = _save(_relu_model(), tmp_path / "m.onnx")
+    with pytest.raises(OnnxError, match=f"max_bytes={max_bytes!r} is not a number of bytes"):
+        read_onnx_graph(path, max_bytes=max_bytes)
+
+
 def test_every_refusal_is_a_cnnkit_error():
     assert issubclass(OnnxError, CnnkitError)
 
