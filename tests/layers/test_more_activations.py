@@ -1,6 +1,8 @@
 """Elu, HardSigmoid, HardSwish, Clip, and Softmax / LogSoftmax on any axis: float64 gradient checks,
 PyTorch as the oracle for values and input gradients, in-place rules, configs, files and summaries."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,8 @@ except ImportError:
     torch = F = None
 
 import cnnkit
-from cnnkit.errors import ConfigError
+from cnnkit.errors import ConfigError, WeightsError
+from cnnkit.io import write_safetensors
 from cnnkit.layers import (Clip, Conv2d, Dense, Elu, Flatten, HardSigmoid, HardSwish, LAYER_CLASSES, LogSoftmax, ReLU6,
                            Softmax)
 from cnnkit.train import scoring_tensors
@@ -302,3 +305,22 @@ def test_errors_name_the_layer_the_value_and_the_fix():
     assert str(info.value) == "c: min_value must not exceed max_value; received min_value=2, max_value=1; swap them"
     with pytest.raises(ConfigError, match=r"Clip: max_value .* received max_value='6'"):
         Clip(0, "6")
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"class": "Softmax", "config": {"axis": 0, "name": "p"}}, r"p: axis=0 is the batch axis"),
+    ({"class": "LogSoftmax", "config": {"axis": "1"}}, r"LogSoftmax: axis must be an int"),
+    ({"class": "Elu", "config": {"alpha": -2.0}}, r"Elu: alpha .* received alpha=-2.0"),
+    ({"class": "Clip", "config": {"min_value": 3, "max_value": 1}}, r"Clip: min_value must not exceed max_value"),
+    ({"class": "HardSigmoid", "config": {"alpha": None}}, r"HardSigmoid: alpha .* received alpha=None"),
+])
+def test_a_file_with_bad_arguments_is_refused_naming_the_file_and_the_layer(tmp_path, entry, match):
+    model = cnnkit.Sequential([Flatten(), Dense(3, name="fc")], input_shape=(2, 2, 1))
+    config = model.get_config()
+    config["layers"].append(entry)
+    path = tmp_path / "forged.safetensors"
+    write_safetensors(path, model.state_dict(), {"format": "cnnkit-model", "version": "1",
+                                                 "architecture": json.dumps(config)})
+    with pytest.raises(WeightsError, match=match) as info:
+        cnnkit.load(path)
+    assert str(info.value).startswith(f"{path}: ")
