@@ -2,10 +2,11 @@
 
 In place: ``forward`` and ``backward`` never modify the arrays passed to them. The executor
 (:mod:`cnnkit.executor`) calls :meth:`Layer.call` with ``owned=True`` instead when the input
-is a fresh output that nothing else reads; then ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, Elu, HardSigmoid
-and Clip overwrite it and allocate no new volume. Likewise ``call_backward(..., owned=True)`` lets ReLU,
-ReLU6 and Clip overwrite a fresh input gradient. The decision is the executor's, per call: a layer called directly
-(``model["relu_1"](x)``) leaves the caller's arrays alone.
+is a fresh output that nothing else reads; then ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, Elu,
+HardSigmoid and Clip overwrite it and allocate no new output volume. Likewise
+``call_backward(..., owned=True)`` lets ReLU, ReLU6 and Clip overwrite a fresh input gradient. The
+decision is the executor's, per call: a layer called directly (``model["relu_1"](x)``) leaves the
+caller's arrays alone. Softmax and LogSoftmax live in :mod:`cnnkit.layers.softmax`.
 """
 
 from __future__ import annotations
