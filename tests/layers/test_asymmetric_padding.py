@@ -20,23 +20,9 @@ import cnnkit
 from cnnkit.arithmetic import ReceptiveField, padding_amounts, windows_2d
 from cnnkit.errors import ConfigError
 from cnnkit.layers import AvgPool2d, Conv2d, DepthwiseConv2d, MaxPool2d, ZeroPadding2d
+from window_oracles import kernel_path, nchw, nhwc, onnx_reference_pool  # noqa: F401 (kernel_path: a fixture)
 
 FIELD = (ReceptiveField(), ReceptiveField())
-
-
-@pytest.fixture(params=["compiled", "numpy"])
-def kernel_path(request, monkeypatch):
-    """Each numeric test runs on the compiled kernels and on the NumPy reference paths."""
-    monkeypatch.setenv("CNNKIT_JIT", "1" if request.param == "compiled" else "0")
-    return request.param
-
-
-def _nchw(x):
-    return torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
-
-
-def _nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def _torch_pad(sides):
@@ -90,12 +76,12 @@ def test_conv2d_with_asymmetric_padding_matches_torch(kernel_path, shape, kernel
     y = layer.forward(x, training=True)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = layer.backward(dy)
-    tx = _nchw(x)
+    tx = nchw(x)
     tw = torch.tensor(weight.value.transpose(3, 2, 0, 1).copy(), requires_grad=True)
     ty = F.conv2d(F.pad(tx, _torch_pad(padding)), tw, torch.tensor(bias.value), stride=stride, dilation=dilation)
-    ty.backward(_nchw(dy).detach())
-    np.testing.assert_allclose(y, _nhwc(ty), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dx, _nhwc(tx.grad), rtol=1e-4, atol=1e-4)
+    ty.backward(nchw(dy).detach())
+    np.testing.assert_allclose(y, nhwc(ty), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(weight.grad, tw.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
 
 
@@ -111,12 +97,12 @@ def test_depthwise_conv2d_with_asymmetric_padding_matches_torch(kernel_path, str
     y = layer.forward(x, training=True)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = layer.backward(dy)
-    tx = _nchw(x)
+    tx = nchw(x)
     tw = torch.tensor(weight.value.reshape(3, 3, 1, c * m).transpose(3, 2, 0, 1).copy())
     ty = F.conv2d(F.pad(tx, _torch_pad(padding)), tw, stride=stride, groups=c)
-    ty.backward(_nchw(dy).detach())
-    np.testing.assert_allclose(y, _nhwc(ty), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(dx, _nhwc(tx.grad), rtol=1e-4, atol=1e-4)
+    ty.backward(nchw(dy).detach())
+    np.testing.assert_allclose(y, nhwc(ty), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("layer", [
@@ -149,14 +135,14 @@ def test_pools_with_asymmetric_padding_match_torch(kernel_path, kind, padding):
     y = layer.forward(x, training=True)
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(dy)
-    tx = _nchw(x)
+    tx = nchw(x)
     if kind == "max":
         ty = F.max_pool2d(F.pad(tx, _torch_pad(padding), value=-np.inf), 3, 2)
     else:
         ty = F.avg_pool2d(F.pad(tx, _torch_pad(padding)), 3, 2)
-    ty.backward(_nchw(dy).detach())
-    np.testing.assert_allclose(y, _nhwc(ty), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, _nhwc(tx.grad), rtol=1e-12, atol=1e-12)
+    ty.backward(nchw(dy).detach())
+    np.testing.assert_allclose(y, nhwc(ty), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("padding", POOL_PADDINGS)
@@ -169,28 +155,8 @@ def test_pools_with_asymmetric_padding_match_onnx_reference(kernel_path, op, cou
         attributes = {"count_include_pad": count_include_pad}
     layer.build((7, 6, 2))
     x = np.random.default_rng(5).standard_normal((2, 7, 6, 2))
-    want = onnx_pool(op, x, layer.windows(), **attributes)
+    want = onnx_reference_pool(op, x, layer.windows(), **attributes)
     np.testing.assert_allclose(layer.forward(x), want, rtol=1e-12, atol=1e-12)
-
-
-def onnx_pool(op, x, windows, pads=None, **attributes):
-    """ONNX's reference evaluator's ``op`` (MaxPool, AveragePool) on NHWC ``x`` with the
-    windows' kernel and stride, and ``pads`` (default: the windows' own, without any overhang)."""
-    pytest.importorskip("onnx", reason="onnx is not installed; ONNX's reference evaluator is a test-only "
-                                       "oracle: pip install onnx (or make test)")
-    from onnx import TensorProto, helper
-    from onnx.reference import ReferenceEvaluator
-    wh, ww = windows
-    if pads is None:
-        pads = [wh.pad_before, ww.pad_before, wh.pad_after - wh.overhang, ww.pad_after - ww.overhang]
-    node = helper.make_node(op, ["x"], ["y"], kernel_shape=[wh.kernel, ww.kernel], strides=[wh.stride, ww.stride],
-                            pads=pads, **attributes)
-    b, h, w, c = x.shape
-    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [b, c, h, w])],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    y = ReferenceEvaluator(model).run(None, {"x": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
-    return y.transpose(0, 2, 3, 1)
 
 
 @pytest.mark.parametrize("layer, valid", [
