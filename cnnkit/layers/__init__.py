@@ -6,7 +6,7 @@ from .conv import Conv2d, DepthwiseConv2d
 from .dense import Dense, Dropout, Flatten, channels_first_dense_to_last
 from .merge import Add, Concatenate, Identity, Merge, Multiply
 from .norm import BatchNorm2d
-from .padding import ZeroPadding2d
+from .padding import Padding2d, ZeroPadding2d
 from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from .transposed import Conv2dTranspose
 from .upsampling import UpSampling2d
@@ -14,12 +14,14 @@ from .upsampling import UpSampling2d
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2d, DepthwiseConv2d, Conv2dTranspose, UpSampling2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d,
     ZeroPadding2d, ReLU, ReLU6, LeakyReLU, PReLU, Sigmoid, Tanh, Maxout, Flatten, Dense, Dropout, BatchNorm2d, Softmax,
-    Add, Concatenate, Multiply, Identity)}
+    Add, Concatenate, Multiply, Identity,
+    Padding2d)}
 
 __all__ = ["LAYER_CLASSES", "Layer", "Conv2d", "DepthwiseConv2d", "Conv2dTranspose", "UpSampling2d", "MaxPool2d",
            "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d", "ZeroPadding2d", "ReLU", "ReLU6", "LeakyReLU", "PReLU",
            "Sigmoid", "Tanh", "Maxout", "Flatten", "Dense", "Dropout", "BatchNorm2d", "Softmax", "Add", "Concatenate",
-           "Multiply", "Identity", "Merge", "channels_first_dense_to_last", "register_layer"]
+           "Multiply", "Identity", "Merge", "channels_first_dense_to_last", "register_layer",
+           "Padding2d"]
 
 
 def register_layer(cls):
