@@ -4,7 +4,7 @@ from .activation import LeakyReLU, Maxout, PReLU, ReLU, ReLU6, Sigmoid, Softmax,
 from .base import Layer
 from .conv import Conv2d, DepthwiseConv2d
 from .dense import Dense, Dropout, Flatten, channels_first_dense_to_last
-from .merge import Add, Concatenate, Identity, Merge, Multiply
+from .merge import Add, Concatenate, Identity, Merge, Multiply, Subtract
 from .norm import BatchNorm2d
 from .padding import Padding2d, ZeroPadding2d
 from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
@@ -16,13 +16,13 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2d, DepthwiseConv2d, Conv2dTranspose, UpSampling2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d,
     ZeroPadding2d, ReLU, ReLU6, LeakyReLU, PReLU, Sigmoid, Tanh, Maxout, Flatten, Dense, Dropout, BatchNorm2d, Softmax,
     Add, Concatenate, Multiply, Identity,
-    Padding2d, Reshape, Permute)}
+    Padding2d, Reshape, Permute, Subtract)}
 
 __all__ = ["LAYER_CLASSES", "Layer", "Conv2d", "DepthwiseConv2d", "Conv2dTranspose", "UpSampling2d", "MaxPool2d",
            "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d", "ZeroPadding2d", "ReLU", "ReLU6", "LeakyReLU", "PReLU",
            "Sigmoid", "Tanh", "Maxout", "Flatten", "Dense", "Dropout", "BatchNorm2d", "Softmax", "Add", "Concatenate",
            "Multiply", "Identity", "Merge", "channels_first_dense_to_last", "register_layer",
-           "Padding2d", "Reshape", "Permute"]
+           "Padding2d", "Reshape", "Permute", "Subtract"]
 
 
 def register_layer(cls):
