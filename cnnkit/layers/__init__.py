@@ -9,6 +9,7 @@ from .norm import BatchNorm2d
 from .padding import Padding2d, ZeroPadding2d
 from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, MaxPool2d
 from .reshape import Permute, Reshape
+from .rescaling import Rescaling
 from .transposed import Conv2dTranspose
 from .upsampling import UpSampling2d
 
@@ -16,13 +17,13 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2d, DepthwiseConv2d, Conv2dTranspose, UpSampling2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d,
     ZeroPadding2d, ReLU, ReLU6, LeakyReLU, PReLU, Sigmoid, Tanh, Maxout, Flatten, Dense, Dropout, BatchNorm2d, Softmax,
     Add, Concatenate, Multiply, Identity,
-    Padding2d, Reshape, Permute, Subtract)}
+    Padding2d, Reshape, Permute, Subtract, Rescaling)}
 
 __all__ = ["LAYER_CLASSES", "Layer", "Conv2d", "DepthwiseConv2d", "Conv2dTranspose", "UpSampling2d", "MaxPool2d",
            "AvgPool2d", "GlobalAvgPool2d", "GlobalMaxPool2d", "ZeroPadding2d", "ReLU", "ReLU6", "LeakyReLU", "PReLU",
            "Sigmoid", "Tanh", "Maxout", "Flatten", "Dense", "Dropout", "BatchNorm2d", "Softmax", "Add", "Concatenate",
            "Multiply", "Identity", "Merge", "channels_first_dense_to_last", "register_layer",
-           "Padding2d", "Reshape", "Permute", "Subtract"]
+           "Padding2d", "Reshape", "Permute", "Subtract", "Rescaling"]
 
 
 def register_layer(cls):
