@@ -124,3 +124,19 @@ def test_a_file_whose_config_asks_for_bigger_constants_than_it_holds_is_refused(
 def test_bad_constants_are_refused_with_the_fix(scale, error, message):
     with pytest.raises(error, match=f"^{re.escape(message)}"):
         _built(scale, 0.0, name="r1")
+
+
+def test_in_a_graph_model_the_constants_are_drawn_at_the_model_and_round_trip(tmp_path):
+    """A graph describes its layers first (no numbers) and builds them when the Model is made:
+    a Rescaling whose only arrays are buffers must be built then too."""
+    image = cnnkit.Input(SHAPE, name="image")
+    model = cnnkit.Model(image, Rescaling(np.array([0.5, 2.0]), np.array([[[1.0, -1.0]]]), name="norm")(image))
+    x = _x()
+    np.testing.assert_allclose(model.forward(x), x * [0.5, 2.0] + [1.0, -1.0], rtol=1e-7)
+    model.save(tmp_path / "g.safetensors")
+    np.testing.assert_array_equal(cnnkit.load(tmp_path / "g.safetensors").forward(x), model.forward(x))
+    described = Rescaling(np.ones(2), name="d")
+    with cnnkit.parameter.describing_only():
+        described.build(SHAPE)
+    with pytest.raises(ConfigError, match="^d: was built as a description only"):
+        described.forward(x)
