@@ -239,12 +239,14 @@ def _is_count(value) -> bool:
 
 
 def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_name: str = "H",
-                       strict: bool = False) -> int:
+                       strict: bool = False, ceil_mode: bool = False) -> int:
     """Output size along one axis; raise :class:`ConfigError` when the window cannot fit.
 
     With ``strict=True`` a stride that does not divide the padded input exactly, or windows whose
     taps step over input rows (:func:`unread_rows`), are an error; otherwise those rows are
-    silently skipped, as in PyTorch.
+    silently skipped, as in PyTorch. ``ceil_mode``: ``window`` is from :func:`ceil_mode_windows`,
+    whose windows reach every input row by construction (a row left over is padding), so only
+    the rows the taps step over count.
     """
     k, s, d = window.kernel, window.stride, window.dilation
     padded = in_size + window.pad_before + window.pad_after
@@ -254,7 +256,7 @@ def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_
         raise ConfigError(
             f"{layer}: kernel_size={k} does not fit the padded input along {axis_name} "
             f"({axis_name} + 2P = {padded} < {dilated}); lower kernel_size or raise padding")
-    remainder = (padded - span) % s
+    remainder = 0 if ceil_mode else (padded - span) % s
     if strict and remainder:
         raise ConfigError(f"{layer}: {_formula(in_size, window, axis_name)} = "
                           f"{(padded - span) / s + 1:g} is not a whole number; "

@@ -39,7 +39,7 @@ class _Pool2d(Layer):
                     f"window would see only padding; received padding={self.padding!r}; lower padding")
         if self.ceil_mode:
             self._windows = ceil_mode_windows(self._windows, (h, w))
-        out = tuple(window_output_size(size, win, self.label, axis, self.strict)
+        out = tuple(window_output_size(size, win, self.label, axis, self.strict, self.ceil_mode)
                     for size, win, axis in zip((h, w), self._windows, "HW"))
         return (*out, c)
 

@@ -165,6 +165,14 @@ def test_ceil_mode_is_in_the_config_and_the_receptive_field_ignores_the_overhang
         floor.receptive_field((f, f))
 
 
+def test_strict_ceil_mode_refuses_only_rows_the_windows_step_over():
+    """Ceil mode reaches every input row: a row left after the last window is padding, which the
+    strict division rule does not count; a stride longer than the window still skips input rows."""
+    assert MaxPool2d(2, 2, 1, ceil_mode=True).build((5, 5, 1), strict=True) == (3, 3, 1)
+    with pytest.raises(ConfigError, match=r"^pool: no window reads 2 of the 7 input rows along H"):
+        MaxPool2d(2, 3, ceil_mode=True, name="pool").build((7, 7, 1), strict=True)
+
+
 def test_ceil_mode_must_be_a_bool():
     with pytest.raises(ConfigError, match=r"^pool1: ceil_mode must be True or False; received ceil_mode=1$"):
         MaxPool2d(2, ceil_mode=1, name="pool1").build((4, 4, 1))
