@@ -20,7 +20,8 @@ import cnnkit
 from cnnkit.arithmetic import ReceptiveField, padding_amounts, windows_2d
 from cnnkit.errors import ConfigError
 from cnnkit.layers import AvgPool2d, Conv2d, DepthwiseConv2d, MaxPool2d, ZeroPadding2d
-from window_oracles import kernel_path, nchw, nhwc, onnx_reference_pool  # noqa: F401 (kernel_path: a fixture)
+from window_oracles import kernel_path  # noqa: F401 (a fixture)
+from window_oracles import nchw, nhwc, onnx_reference_pool
 
 FIELD = (ReceptiveField(), ReceptiveField())
 

@@ -57,7 +57,8 @@ def test_forward_and_input_gradient_match_torch_pad(mode, padding):
     dx = layer.backward(dy)
     (top, bottom), (left, right) = _sides(layer)
     tx = nchw(x)
-    ty = F.pad(tx, (left, right, top, bottom), mode=TORCH_MODES[mode], **({"value": 0.25} if mode == "constant" else {}))
+    value = {"value": 0.25} if mode == "constant" else {}
+    ty = F.pad(tx, (left, right, top, bottom), mode=TORCH_MODES[mode], **value)
     ty.backward(nchw(dy).detach())
     np.testing.assert_array_equal(y, nhwc(ty))
     np.testing.assert_allclose(dx, nhwc(tx.grad), rtol=1e-12, atol=1e-12)

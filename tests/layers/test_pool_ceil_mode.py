@@ -29,7 +29,8 @@ from cnnkit.arithmetic import Window, ceil_mode_windows, windows_2d
 from cnnkit.errors import ConfigError
 from cnnkit.layers import AvgPool2d, MaxPool2d
 
-from window_oracles import kernel_path, nchw, nhwc, onnx_reference_pool, onnx_runtime_pool  # noqa: F401 (kernel_path: a fixture)
+from window_oracles import kernel_path  # noqa: F401 (a fixture)
+from window_oracles import nchw, nhwc, onnx_reference_pool, onnx_runtime_pool
 
 
 def _distinct(shape, seed=0):
