@@ -130,6 +130,29 @@ def _graph_model_file(folder: Path):
     return path, {name: np.array(value) for name, value in model.state_dict().items()}
 
 
+def _shape_layers_model_file(folder: Path):
+    """A graph model file with the layers whose configs hold shapes and constants: Rescaling's
+    buffers (a shape in the config), asymmetric and reflect padding, ceil-mode pooling, Permute,
+    Reshape, Subtract and the channels-first Flatten."""
+    import cnnkit
+    from cnnkit.layers import (AvgPool2d, Conv2d, Dense, Flatten, MaxPool2d, Padding2d, Permute, Rescaling, Reshape,
+                               Subtract)
+
+    image = cnnkit.Input((7, 6, 2), name="image")
+    x = Rescaling(RNG.standard_normal((1, 6, 2)), np.array([0.5, -0.5]), name="norm")(image)
+    x = Padding2d(((1, 0), (2, 1)), mode="reflect", name="pad")(x)
+    x = Conv2d(4, 3, padding=((0, 1), (1, 0)), name="conv")(x)
+    x = MaxPool2d(2, 2, padding=((1, 0), (0, 1)), ceil_mode=True, name="pool")(x)
+    y = Reshape((-1, 4), name="regroup")(Permute((2, 1, 3), name="swap")(x))
+    x = Subtract(name="diff")([Reshape((-1, 4), name="flat_grid")(x), y])
+    x = AvgPool2d((2, 1), padding=((0, 1), (0, 0)), ceil_mode=True, count_include_pad=True, name="avg")(
+        Reshape((-1, 1, 4), name="column")(x))
+    model = cnnkit.Model(image, Dense(3, name="fc")(Flatten("channels_first", name="flat")(x)), name="shapes")
+    path = folder / "base.safetensors"
+    model.save(path)
+    return path, {name: np.array(value) for name, value in model.state_dict().items()}
+
+
 def _image_file(folder: Path, fmt: str):
     from PIL import Image
 
@@ -195,6 +218,7 @@ FORMATS = {
     "keras3-archive": ("weights", ".keras", lambda d: _keras3_files(d, "keras")),
     "model": ("model", ".safetensors", _model_file),
     "graph-model": ("model", ".safetensors", _graph_model_file),
+    "shape-layers-model": ("model", ".safetensors", _shape_layers_model_file),
     "png": ("image", ".png", lambda d: _image_file(d, "png")),
     "jpeg": ("image", ".jpg", lambda d: _image_file(d, "jpg")),
     "onnx": ("onnx", ".onnx", lambda d: _onnx_file(d, external=False)),
