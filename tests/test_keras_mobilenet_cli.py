@@ -16,7 +16,7 @@ from PIL import Image
 
 import cnnkit
 from cnnkit.classify import load_batch
-from cnnkit.cli import main
+from cnnkit.cli import build_parser, main
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -74,6 +74,13 @@ def test_tf_preprocessing_scales_rgb_pixels_to_minus_one_one(tmp_path):
     torchvision = cnnkit.models.mobilenet_v2(width_mult=0.35, input_shape=(64, 64, 3), allocate=False)
     assert not np.allclose(load_batch(torchvision, paths), batch)   # torch's mean/std by default
     np.testing.assert_array_equal(load_batch(torchvision, paths, "tf"), batch)
+
+
+@pytest.mark.parametrize("command", [["classify"], ["features", "--out", "f.npy"]])
+def test_tf_is_a_preprocessing_the_commands_accept(command):
+    args = build_parser().parse_args([*command, "--arch", "mobilenet_v2", "--weights", "w.keras", "--preprocessing",
+                                      "tf", "x.png"])
+    assert args.preprocessing == "tf"
 
 
 @pytest.mark.keras
