@@ -21,8 +21,9 @@ MODES = IMAGENET_MODES + PLAIN_MODES
 def load_model(weights: str, arch: str | None = None, batch_norm: bool = False, width: float = 1.0):
     """A model to run: a cnnkit model file alone, or a VGG, ResNet or MobileNetV2 architecture and a
     weights file of any source. ``batch_norm`` chooses a VGG's variant (the others always have batch
-    norm); ``width`` is the channel multiplier (MobileNetV2's ``width_mult``). A ResNet takes the
-    layout of its file: a Keras file builds Keras's (:func:`cnnkit.models.resnet`)."""
+    norm); ``width`` is the channel multiplier (MobileNetV2's ``width_mult``). A ResNet or MobileNetV2
+    takes the layout of its file: a Keras file builds Keras's (:func:`cnnkit.models.resnet`,
+    :func:`cnnkit.models.mobilenet_v2`)."""
     from pathlib import Path
 
     from .checkpoint import is_cnnkit_file, load

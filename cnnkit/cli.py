@@ -35,8 +35,8 @@ def _summary(args: argparse.Namespace) -> int:
             raise CnnkitError(f"--batch-norm applies to the VGG models only; received model {args.model!r}")
         options["batch_norm"] = True
     if args.layout is not None:
-        if not args.model.startswith("resnet"):
-            raise CnnkitError(f"--layout chooses a ResNet's layout; received model {args.model!r}")
+        if not args.model.startswith(("resnet", "mobilenet")):
+            raise CnnkitError(f"--layout chooses a ResNet's or MobileNetV2's layout; received model {args.model!r}")
         options["layout"] = args.layout
     # a description only: counting VGG19 must not draw and hold its 144 M weights
     model = MODELS[args.model](**options, allocate=False)
@@ -344,14 +344,16 @@ def _add_width_option(command: argparse.ArgumentParser) -> None:
 def _add_weights_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--arch", choices=PRETRAINED_ARCHS, default=None,
                          help="architecture of the weights (omit for a cnnkit model file); a Keras file given "
-                              "to resnet50/101/152 builds Keras's layout (conv4_block6_out ...)")
+                              "to resnet50/101/152 or mobilenet_v2 builds Keras's layout (conv4_block6_out, "
+                              "block_13_expand_relu ...)")
     command.add_argument("--weights", required=True, help="torchvision/timm .pth, Keras .h5, .weights.h5 "
                                                           "or .keras, safetensors or cnnkit model file")
     command.add_argument("--batch-norm", action="store_true", help="the weights are of a VGG with batch norm")
     _add_width_option(command)
-    command.add_argument("--preprocessing", choices=("caffe", "torch", "none", "unit", "digits"), default=None,
+    command.add_argument("--preprocessing", choices=("caffe", "torch", "tf", "none", "unit", "digits"), default=None,
                          help="override the preprocessing saved with the model or implied by the weights' "
-                              "source (torchvision and timm: torch, Keras: caffe; cnnkit train on a folder: "
+                              "source (torchvision and timm: torch, Keras: caffe, Keras's MobileNetV2: tf, i.e. "
+                              "pixels scaled to [-1, 1]; cnnkit train on a folder: "
                               "unit, i.e. pixels scaled to [0, 1]; on the digits: digits)")
     command.add_argument("images", nargs="+", help="image files")
 
@@ -366,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=int, default=None, help="output classes")
     summary.add_argument("--batch-norm", action="store_true", help="the VGG variant with batch normalisation")
     summary.add_argument("--layout", choices=("torchvision", "keras"), default=None,
-                         help="a ResNet's layout: torchvision's (the default; v1.5) or keras.applications' (v1 with "
-                              "convolution biases, Keras's layer names; resnet50, resnet101, resnet152)")
+                         help="a ResNet's or MobileNetV2's layout: torchvision's (the default; ResNet v1.5) or "
+                              "keras.applications' (Keras's layer names and padding; ResNet v1 with convolution "
+                              "biases: resnet50, resnet101, resnet152; mobilenet_v2)")
     output = summary.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--markdown", action="store_true", help="print a Markdown table")

@@ -1,6 +1,7 @@
 """Files that real Keras 3 writes, for the tests of cnnkit's Keras readers (tests/io/test_keras3_files.py,
-tests/io/test_keras_resnet_files.py): one ``keras.applications`` model, its output on a fixed caffe-
-preprocessed input, and the model saved in every form Keras users have, each written when first asked.
+tests/io/test_keras_resnet_files.py, tests/io/test_keras_mobilenet_files.py): one ``keras.applications``
+model, its output on a fixed input preprocessed as its weights expect (caffe or tf), and the model
+saved in every form Keras users have, each written when first asked.
 
 Keras 3.15 records each layer's name in its ``.weights.h5``; releases before that attribute did
 not, so the Keras 3 forms are also written with the attribute removed from the file Keras wrote.
@@ -19,12 +20,14 @@ FORMS = ["weights.h5", "weights.h5 without names", "keras", "keras without names
 
 class Written:
     """``keras.applications.<keras_class>(weights=None, **keras_args)`` with its weights drawn from
-    ``seed``, its output ``want`` on the input ``x`` (two images, already caffe-preprocessed) and its
+    ``seed``, its output ``want`` on the input ``x`` (two images, already preprocessed: ``caffe``, 0-255
+    pixels less the BGR mean, or ``tf``, pixels in [-1, 1]) and its
     files (:meth:`path`). ``randomize`` redraws every variable, batch-norm statistics and convolution
     biases included (a new Keras model has gamma 1, beta 0, mean 0, variance 1 and zero biases, which
     would hide a mapping that swaps them)."""
 
-    def __init__(self, keras, keras_class: str, keras_args: dict, folder, seed: int = 0, randomize: bool = False):
+    def __init__(self, keras, keras_class: str, keras_args: dict, folder, seed: int = 0, randomize: bool = False,
+                 preprocessing: str = "caffe"):
         self.keras, self.folder = keras, folder
         keras.utils.set_random_seed(seed)
         self.model = getattr(keras.applications, keras_class)(weights=None, **keras_args)
@@ -32,7 +35,8 @@ class Written:
         if randomize:
             randomize_variables(self.model, rng)
         shape = keras_args["input_shape"]
-        self.x = (rng.uniform(0, 255, (2, *shape)) - CAFFE_MEAN_BGR).astype(np.float32)
+        pixels = rng.uniform(0, 255, (2, *shape))
+        self.x = (pixels - CAFFE_MEAN_BGR if preprocessing == "caffe" else pixels / 127.5 - 1).astype(np.float32)
         self.want = keras.ops.convert_to_numpy(self.model(self.x, training=False))
         self.files: dict[str, object] = {}
 

@@ -59,7 +59,7 @@ def test_summary_of_the_keras_layout_counts_kerass_parameters(capsys):
 
 def test_layout_is_for_resnets_only(capsys):
     assert main(["summary", "vgg16", "--layout", "keras"]) != 0
-    assert "--layout chooses a ResNet's layout; received model 'vgg16'" in capsys.readouterr().err
+    assert "--layout chooses a ResNet's or MobileNetV2's layout; received model 'vgg16'" in capsys.readouterr().err
     assert main(["summary", "resnet18", "--layout", "keras"]) != 0
     assert "Keras has no ResNet-18" in capsys.readouterr().err
 

@@ -51,6 +51,9 @@ def detect(state: dict, model) -> str:
     if any(key.startswith((f"{STEM}.", "conv2_block1_1_conv.")) for key in keys):
         return "cnnkit"
     sample = sorted(keys)[:5]
+    if any(key.startswith(("Conv1/", "Conv1.", "expanded_conv_depthwise/")) for key in keys):
+        raise WeightsError(f"these are weights of Keras's MobileNetV2 (first keys: {sample}), not ResNet weights; "
+                           f"build it in Keras's layout, e.g. cnnkit.models.mobilenet_v2(weights=path)")
     if "conv1.weight" in keys or "layer1.0.conv1.weight" in keys:
         raise WeightsError(f"these are weights of torchvision's ResNet (first keys: {sample}), v1.5 without "
                            f"convolution biases; {model.name} is in Keras's layout: build it with "
@@ -108,7 +111,7 @@ def hint(state: dict, model, wrong_shapes: bool, top_missing: bool) -> str:
         return (f"The file holds {in_file} convolutions ({architecture_of(in_file)}), {model.name} in Keras's "
                 f"layout has {in_model}: build the architecture the weights were trained as")
     if wrong_shapes:
-        classes = _file_classes(state, model)
+        classes = file_classes(state, model)
         if classes is not None:
             return f"The file's predictions has {classes} classes: build the model with num_classes={classes}"
         return "The layers match but their sizes do not: the weights are of another width"
@@ -118,7 +121,7 @@ def hint(state: dict, model, wrong_shapes: bool, top_missing: bool) -> str:
     return ""
 
 
-def _file_classes(state: dict, model) -> int | None:
+def file_classes(state: dict, model) -> int | None:
     """The file's number of classes, when its ``predictions`` differs from the model's in that alone."""
     kernel = state.get("predictions/kernel", state.get("predictions.weight"))
     if kernel is None or "predictions" not in model.layer_names() or len(getattr(kernel, "shape", ())) != 2:

@@ -44,6 +44,10 @@ def detect(state: dict, model) -> str:
         if "layer1.0.conv1.weight" in keys:
             raise WeightsError(f"these are ResNet weights (first keys: {sample}), not MobileNetV2 weights; build "
                                f"the ResNet they were trained as, e.g. cnnkit.models.resnet50(weights=path)")
+        if any(key.startswith(("Conv1/", "expanded_conv_depthwise/")) for key in keys):
+            raise WeightsError(f"these are weights of Keras's MobileNetV2 (first keys: {sample}); {model.name} is "
+                               f"in torchvision's layout: build it with layout='keras', e.g. "
+                               f"cnnkit.models.mobilenet_v2(weights=path)")
         if "features.0.weight" in keys:
             raise WeightsError(f"these are VGG weights (first keys: {sample}), not MobileNetV2 weights; build the "
                                f"VGG they were trained as, e.g. cnnkit.models.vgg16(weights=path)")

@@ -4,7 +4,8 @@ and layouts.
 ResNets (torchvision's layout, timm's ResNets, cnnkit's own) are mapped by
 :mod:`cnnkit.io.resnet_layout`, Keras's ResNet50/101/152 (Keras's layout, cnnkit's own) by
 :mod:`cnnkit.io.keras_resnet_layout`, MobileNetV2 (torchvision's layout, cnnkit's own) by
-:mod:`cnnkit.io.mobilenet_layout`: their keys are cnnkit's names (Keras's variables renamed).
+:mod:`cnnkit.io.mobilenet_layout`, Keras's MobileNetV2 (Keras's layout, cnnkit's own) by
+:mod:`cnnkit.io.keras_mobilenet_layout`: their keys are cnnkit's names (Keras's variables renamed).
 VGG sources, recognised by their keys:
 
 - ``torchvision``: ``features.N.weight`` (OIHW), ``classifier.{0,3,6}.weight`` (out, in). ``N`` is
@@ -18,11 +19,12 @@ VGG sources, recognised by their keys:
   ``.keras``) store layers by class and position (``conv2d_3/0``); they are renamed to these names
   by the names the file records (:mod:`cnnkit.io.keras3`), or else by the model's structure: the
   n-th ``conv2d`` of the file is the n-th convolution of :func:`keras_layer_order` (as for a
-  Keras ResNet, whose layout gives the order).
+  Keras ResNet or MobileNetV2, whose layout gives the order).
 - ``cnnkit``: a cnnkit model file or state dict (``conv1_1.weight`` ...), taken as is.
 
 Each source implies its preprocessing: ``torch`` for torchvision and timm, ``caffe`` for Keras
-(whose VGG weights are the original Caffe release). Bookkeeping keys (``num_batches_tracked``)
+(whose VGG weights are the original Caffe release, and so are its ResNets'), but ``tf`` (pixels
+scaled to [-1, 1]) for Keras's MobileNetV2. Bookkeeping keys (``num_batches_tracked``)
 are understood and skipped.
 
 Loading plans one copy per model array (which key of the file, which shape it must have, how
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
-from . import keras3, keras_resnet_layout, mobilenet_layout, resnet_layout, torch_layout
+from . import keras3, keras_mobilenet_layout, keras_resnet_layout, mobilenet_layout, resnet_layout, torch_layout
 from .keras_archive import is_keras_archive, read_keras_archive
 from .keras_h5 import read_keras_h5_with_names
 from .safetensors_io import read_safetensors, read_safetensors_metadata
@@ -119,6 +121,9 @@ def detect_source(state: dict[str, np.ndarray], model=None) -> str:
     if any(key.startswith(("conv1_conv/", "conv1_conv.")) for key in keys):
         raise WeightsError(f"these are weights of Keras's ResNet (first keys: {sample}), not VGG weights; build "
                            f"it in Keras's layout, e.g. cnnkit.models.resnet50(weights=path)")
+    if any(key.startswith(("Conv1/", "Conv1.", "expanded_conv_depthwise/")) for key in keys):
+        raise WeightsError(f"these are weights of Keras's MobileNetV2 (first keys: {sample}), not VGG weights; "
+                           f"build it in Keras's layout, e.g. cnnkit.models.mobilenet_v2(weights=path)")
     if keras3.is_storage_layout(state):
         raise WeightsError(f"these are Keras 3 weights whose file names no layer (first keys: {sample}); "
                            "load them into a model with load_pretrained(model, path) or the model's "
@@ -135,7 +140,7 @@ def to_cnnkit(state: dict[str, np.ndarray], model, source: str, include_top: boo
     Raises:
         WeightsError: keys are missing or unexpected, or shapes disagree (all listed at once).
     """
-    state = _named_by_structure(state, model, "the weights")
+    state = _keyed(state, model, "the weights")
     top = _has_top(model, include_top)
     plan = _plan(model, source, top)
     _check(state, plan, model, source, top)
@@ -154,7 +159,7 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
     loaded when the model has one. Sets ``model.meta["preprocessing"]`` to the mode the weights
     were trained with.
     """
-    state = _named_by_structure(read_weights(path), model, str(path))
+    state = _keyed(read_weights(path), model, str(path))
     preprocessing = None
     cnnkit_file = _is_cnnkit_model_file(path)
     if cnnkit_file:
@@ -168,7 +173,7 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
         raise WeightsError(f"{path} ({source} layout) does not fit {model.name}: {error}") from None
     with model.writable_state() as targets:   # derived caches (Winograd filters) follow
         _fill(state, plan, targets)
-    preprocessing = preprocessing or PREPROCESSING[source]
+    preprocessing = preprocessing or getattr(graph_layout(model), "PREPROCESSING", PREPROCESSING)[source]
     if preprocessing is not None:
         model.meta["preprocessing"] = preprocessing
     return source
@@ -177,15 +182,19 @@ def load_pretrained(model, path, include_top: bool | None = None) -> str:
 def graph_layout(model):
     """The module that maps the architecture of ``model`` named after its source's modules
     (:mod:`~cnnkit.io.resnet_layout`, :mod:`~cnnkit.io.keras_resnet_layout`,
-    :mod:`~cnnkit.io.mobilenet_layout`), or None for a VGG, whose keys are mapped here. Each offers
-    ``detect``, ``array_copy``, ``hint``, ``has_top``, ``TOP_LAYERS`` and ``TOP_PREFIXES``; a
-    Keras layout also ``keras_layer_order`` and ``architecture_of``."""
+    :mod:`~cnnkit.io.mobilenet_layout`, :mod:`~cnnkit.io.keras_mobilenet_layout`), or None for a
+    VGG, whose keys are mapped here. Each offers ``detect``, ``array_copy``, ``hint``, ``has_top``,
+    ``TOP_LAYERS`` and ``TOP_PREFIXES``; a Keras layout also ``keras_layer_order``. Optional: a
+    layout whose sources imply other preprocessing than :data:`PREPROCESSING` says so in its own
+    ``PREPROCESSING``, and one whose sources spell a key two ways has ``canonical_keys(state)``."""
     if resnet_layout.is_resnet(model):
         return resnet_layout
     if keras_resnet_layout.is_keras_resnet(model):
         return keras_resnet_layout
     if mobilenet_layout.is_mobilenet(model):
         return mobilenet_layout
+    if keras_mobilenet_layout.is_keras_mobilenet(model):
+        return keras_mobilenet_layout
     return None
 
 
@@ -220,8 +229,9 @@ def keras_layer_order(model) -> dict[str, list[str]]:
     if layout is not None:
         if not hasattr(layout, "keras_layer_order"):
             raise WeightsError(f"{model.name} is in torchvision's layout, which no Keras model has; Keras weights "
-                               "load into a model in Keras's layout (cnnkit.models.resnet50(weights=path) builds "
-                               "Keras's ResNet50 for a Keras file, as layout='keras' does)")
+                               "load into a model in Keras's layout (cnnkit.models.resnet50(weights=path) and "
+                               "cnnkit.models.mobilenet_v2(weights=path) build Keras's for a Keras file, as "
+                               "layout='keras' does)")
         return layout.keras_layer_order(model)
     order: dict[str, list[str]] = {"conv2d": [], "batch_normalization": [], "dense": list(KERAS_DENSE.values())}
     for name in model.layer_names():
@@ -230,6 +240,15 @@ def keras_layer_order(model) -> dict[str, list[str]]:
             kind = "conv2d" if block.group(1) == "conv" else "batch_normalization"
             order[kind].append(_keras_key(name, "weight").partition("/")[0])
     return order
+
+
+def _keyed(state: dict[str, np.ndarray], model, where: str) -> dict[str, np.ndarray]:
+    """``state`` under the keys ``model``'s layout maps: named after the model's structure if it is
+    Keras 3 weights that name no layer, then each variable a layout's sources spell two ways under
+    one key (the layout's ``canonical_keys``, when it has one)."""
+    state = _named_by_structure(state, model, where)
+    canonical = getattr(graph_layout(model), "canonical_keys", None)
+    return canonical(state) if canonical is not None else state
 
 
 def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict[str, np.ndarray]:
@@ -245,9 +264,8 @@ def _named_by_structure(state: dict[str, np.ndarray], model, where: str) -> dict
         return keras3.name_by_structure(state, order, where, model.name)
     except WeightsError as error:
         convs = sum(1 for key in state if re.fullmatch(r"conv2d(_\d+)?/0", key))
-        layout = graph_layout(model)
-        guess = (layout.architecture_of(convs) if layout is not None
-                 else CONVS_PER_CONFIG.get(convs, keras_resnet_layout.architecture_of(convs)))
+        # any Keras application may be given to any model: name the file's by its convolutions
+        guess = CONVS_PER_CONFIG.get(convs, keras_mobilenet_layout.architecture_of(convs))
         raise WeightsError(f"{error}. The file holds {convs} convolutions ({guess}): build the "
                            "architecture the weights were trained as") from None
 

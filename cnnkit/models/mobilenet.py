@@ -32,6 +32,10 @@ array in a torchvision state dict (only the layouts differ; see :mod:`cnnkit.io.
   ``prob`` (softmax) after it for ``classifier_activation="softmax"``.
 
 So ``model.features(x, "features.13")`` and ``freeze(up_to="features.13")`` work as their names say.
+
+``layout="keras"`` builds instead the MobileNetV2 of ``keras.applications`` (its padding, batch
+norm, width rounding and layer names: :mod:`cnnkit.models.keras_mobilenet`); a Keras weights file
+given as ``weights=`` chooses it by default.
 The depthwise convolutions are ``Conv2d(C, 3, groups=C)``: their weight (3, 3, 1, C) is
 torchvision's (C, 1, 3, 3) re-laid out as every other convolution's.
 """
@@ -44,68 +48,94 @@ from ..layers import (Add, BatchNorm2d, Conv2d, Dense, Dropout, GlobalAvgPool2d,
                       Softmax)
 from ..model import Model
 from ..parameter import describing_only
+from .inverted_residuals import INVERTED_RESIDUAL_SETTING, LAST_CHANNELS, STEM_CHANNELS, make_divisible
+from .keras_mobilenet import PREPROCESSING as KERAS_PREPROCESSING
+from .keras_mobilenet import keras_mobilenet_graph
 from .options import check_options, check_weights_allocated
 
-#: (expansion t, output channels c, blocks n, stride of the first block s), as in the paper and torchvision
-INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                             (6, 160, 3, 2), (6, 320, 1, 1))
-STEM_CHANNELS, LAST_CHANNELS, DIVISOR = 32, 1280, 8
+__all__ = ["INVERTED_RESIDUAL_SETTING", "LAST_CHANNELS", "STEM_CHANNELS", "make_divisible", "mobilenet_v2"]
+
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 #: the mode torchvision's ImageNet weights were trained with (mean/std of ImageNet on [0, 1] pixels)
 PREPROCESSING = "torch"
-
-
-def make_divisible(value: float, divisor: int = DIVISOR) -> int:
-    """``value`` rounded to the nearest multiple of ``divisor``, at least ``divisor``, and raised by one
-    ``divisor`` where rounding down lost more than 10% (the rule of TensorFlow's and torchvision's
-    MobileNets)."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
+LAYOUTS = ("torchvision", "keras")
+DROPOUT = 0.2
 
 
 def mobilenet_v2(width_mult: float = 1.0, input_shape: tuple[int, int, int] = (224, 224, 3),
                  include_top: bool = True, pooling: str | None = None, num_classes: int = 1000,
-                 classifier_activation: str | None = None, dropout: float = 0.2, weights: str | None = None,
-                 seed: int | None = 0, strict: bool = False, allocate: bool = True) -> Model:
-    """MobileNetV2 in torchvision's layout (see the module doc): 3,504,872 parameters at width 1.
+                 classifier_activation: str | None = None, dropout: float | None = None,
+                 weights: str | None = None, seed: int | None = 0, strict: bool = False, allocate: bool = True,
+                 layout: str | None = None) -> Model:
+    """MobileNetV2 in torchvision's layout (see the module doc): 3,504,872 parameters at width 1; or in
+    Keras's (``layout="keras"``): 3,504,872 + 34,112 batch-norm statistics, Keras's count of 3,538,984.
 
     Args:
-        width_mult: multiplies every channel count, rounded as torchvision (:func:`make_divisible`);
-            1.0 for torchvision's released weights.
+        width_mult: multiplies every channel count, rounded as the layout's source does
+            (:func:`make_divisible`; Keras's ``alpha``, :func:`cnnkit.models.keras_mobilenet.keras_widths`);
+            1.0 for the released weights (Keras also released 0.35, 0.5, 0.75, 1.3 and 1.4).
         input_shape: the input volume; the ImageNet weights were trained on 224 x 224 x 3, and any
             size of at least 1 x 1 builds (the stem and four blocks halve it, rounding up).
-        include_top: keep ``avgpool``, ``classifier.0`` and ``classifier.1``; without them the network
-            ends at ``features`` (or at the global pooling of ``pooling``).
-        pooling: for ``include_top=False``, ``"avg"`` (node ``avgpool``) or ``"max"``
-            (``global_maxpool``) global pooling after ``features``.
-        num_classes: units of ``classifier.1``.
+        include_top: keep ``avgpool``, ``classifier.0`` and ``classifier.1`` (Keras's layout:
+            ``global_average_pooling2d`` and ``predictions``); without them the network ends at
+            ``features`` (``out_relu``) or at the global pooling of ``pooling``.
+        pooling: for ``include_top=False``, ``"avg"`` (node ``avgpool``; Keras's
+            ``global_average_pooling2d``) or ``"max"`` (``global_maxpool``; Keras's
+            ``global_max_pooling2d``) global pooling after the last convolution.
+        num_classes: units of ``classifier.1`` (``predictions``).
         classifier_activation: ``None`` (the default, as torchvision) ends in the classifier's
-            scores; ``"softmax"`` adds a softmax node ``prob``.
-        dropout: rate of ``classifier.0`` (torchvision's 0.2).
+            scores; ``"softmax"`` adds a softmax node ``prob`` (in both layouts).
+        dropout: rate of ``classifier.0``, by default torchvision's 0.2; Keras's layout has no
+            dropout and refuses one.
         weights: a weights file to load: a torchvision state dict (``.pth`` zip or legacy,
-            ``.safetensors``), a cnnkit model file or state dict; see :func:`cnnkit.io.load_pretrained`.
+            ``.safetensors``), a Keras file (``.h5``, ``.weights.h5``, ``.keras``), a cnnkit model
+            file or state dict; see :func:`cnnkit.io.load_pretrained`.
         seed: seed of the generator that draws the weights (He-normal convolutions).
         allocate: ``False`` builds a description only: the weights are placeholders that take no
             memory and draw no random numbers (what ``cnnkit summary`` needs); it cannot compute.
+        layout: ``"torchvision"`` (torchvision's names and padding, ``torch`` preprocessing) or
+            ``"keras"`` (Keras's names, padding and batch norm, ``tf`` preprocessing: pixels
+            scaled to [-1, 1]). By default the layout of ``weights``: Keras's for a Keras file
+            (told by its content, :func:`cnnkit.io.pretrained.is_keras_file`), else torchvision's.
     """
     label = "mobilenet_v2"
+    layout = _layout(label, layout, weights)
     check_options(label, include_top, pooling, classifier_activation, width_mult, width_name="width_mult")
     check_weights_allocated(label, weights, allocate)
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        raise ConfigError(f"{label}: dropout must be a rate in [0, 1); received dropout={dropout!r}")
     options = {"width_mult": width_mult, "input_shape": input_shape, "include_top": include_top,
                "pooling": pooling, "num_classes": num_classes, "classifier_activation": classifier_activation,
-               "dropout": dropout, "seed": seed, "strict": strict}
+               "seed": seed, "strict": strict}
+    if layout == "keras":
+        if dropout is not None:
+            raise ConfigError(f"{label}: keras.applications' MobileNetV2 has no dropout; received dropout={dropout!r} "
+                              f"with layout='keras': drop the argument, or use layout='torchvision'")
+        graph = keras_mobilenet_graph
+    else:
+        dropout = DROPOUT if dropout is None else dropout
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ConfigError(f"{label}: dropout must be a rate in [0, 1); received dropout={dropout!r}")
+        options["dropout"] = dropout
+        graph = _graph
     if allocate:
-        model = _graph(**options)
+        model = graph(**options)
     else:
         with describing_only():
-            model = _graph(**options)
-    model.meta["preprocessing"] = PREPROCESSING
+            model = graph(**options)
+    model.meta["preprocessing"] = KERAS_PREPROCESSING if layout == "keras" else PREPROCESSING
     if weights is not None:
         from ..io.pretrained import load_pretrained
         load_pretrained(model, weights)
     return model
+
+
+def _layout(label: str, layout: str | None, weights) -> str:
+    """The layout asked for, else the one of the weights file (Keras's for a Keras file)."""
+    if layout is None:
+        from ..io.pretrained import is_keras_file
+        return "keras" if weights is not None and is_keras_file(weights) else "torchvision"
+    if layout not in LAYOUTS:
+        raise ConfigError(f"{label}: layout must be one of {LAYOUTS}; received layout={layout!r}")
+    return layout
 
 
 def _graph(width_mult, input_shape, include_top, pooling, num_classes, classifier_activation, dropout, seed,
