@@ -97,6 +97,8 @@ def main() -> None:
     print(f"`cnnkit classify` of one 500x375 JPEG photo with {args.arch} (random weights), whole command, "
           f"on {os.cpu_count()} cores; median of {args.runs} runs:\n")
     print("\n".join(table(runs)))
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("\nPYTHONDONTWRITEBYTECODE is set: Python compiled the sources without a bytecode cache in every run.")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ENGINE_LABELS = {"cnnkit": "cnnkit", "torch": "PyTorch NCHW", "torch_cl": "PyTor
 #: The packages each engine needs: the ONNX engines run a network exported from torch.
 ENGINE_PACKAGES = {"cnnkit": (), "torch": ("torch",), "torch_cl": ("torch",), "onnxruntime": ("onnxruntime", "torch"),
                    "openvino": ("openvino", "torch")}
-INSTALL_HINT = "make bench installs them (pip install -e '.[bench]')"
+INSTALL_HINT = "make bench installs the bench extra (pip install -e '.[bench]')"
 
 
 def available_engines(installed: Callable[[str], bool],

@@ -1,5 +1,6 @@
-"""cnnkit against PyTorch (NCHW and channels_last), ONNX Runtime and OpenVINO on the CPU, side by
-side in one run; writes Markdown tables.
+"""cnnkit against PyTorch (NCHW, channels_last), ONNX Runtime and OpenVINO on the CPU, in one run.
+
+Writes Markdown tables (``benchmarks/results.md`` unless ``--out``) and prints them.
 
 Each measurement runs in its own process (the engines' thread pools fight when they share one),
 the engines alternate (these machines are shared and noisy: the order is reversed every other
@@ -138,7 +139,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the engines per case")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per process (after a warm-up)")
     parser.add_argument("--size", type=int, default=224,
-                        help="image size of the ResNet and MobileNetV2 cases (224 when timed; smaller to check quickly)")
+                        help="image size of the ResNet and MobileNetV2 cases (224 when timed; smaller for a check)")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -149,7 +150,8 @@ def main() -> None:
              f"{args.rounds} x {args.repeats} runs per engine; every engine on the same number of threads. "
              f"cnnkit / fastest = cnnkit's speed over the fastest other engine's (above 1: cnnkit is faster).", ""]
     if args.size != 224:
-        lines[0] += f" ResNet and MobileNetV2 on {args.size}x{args.size} images: a check that they run, not the timed size."
+        lines[0] += (f" ResNet and MobileNetV2 on {args.size}x{args.size} images: a check that they run, "
+                     f"not the timed size.")
     if models:
         measured = [(case, measure(case, engines_for(case, engines), args.rounds, args.repeats, notes, args.size))
                     for case in models]
