@@ -1,5 +1,4 @@
-"""Cold start: the wall time of the first ``cnnkit classify`` of one photo after a fresh install,
-and of the next one.
+"""Cold start: wall times of the first ``cnnkit classify`` of a photo after a fresh install and the next.
 
     python -m benchmarks.cold_start                              # VGG16, median of 3 runs
     python -m benchmarks.cold_start --arch mobilenet_v2 --runs 5
