@@ -43,13 +43,19 @@ def check_positive(value: int, argument: str, layer: str, meaning: str) -> None:
 
 @dataclass(frozen=True)
 class Window:
-    """A window sliding along one axis: kernel K, stride S, padding before/after, dilation D."""
+    """A window sliding along one axis: kernel K, stride S, padding before/after, dilation D.
+
+    ``overhang``: how many of the ``pad_after`` rows are not padding but room that a pooling
+    with ``ceil_mode=True`` lets its last window reach past the padded input (:func:`ceil_mode_windows`);
+    they pad like padding, but an average that counts the padding does not count them.
+    """
 
     kernel: int
     stride: int
     pad_before: int
     pad_after: int
     dilation: int = 1
+    overhang: int = 0
 
     @property
     def pads(self) -> tuple[int, int]:
@@ -126,7 +132,9 @@ def padding_amounts(padding: PaddingSpec, in_size: int, kernel: int, stride: int
 
     ``"valid"`` is no padding; ``"full"`` pads ``D*(K-1)`` on both sides; ``"same"`` pads so
     that ``out = ceil(H / S)``, the odd row going after (the TensorFlow and Keras rule).
-    An int pads both sides of both axes, a pair ``(P_h, P_w)`` pads each axis symmetrically.
+    An int pads both sides of both axes, a pair ``(P_h, P_w)`` pads each axis symmetrically, and
+    ``((top, bottom), (left, right))`` pads each side its own amount (ONNX's ``pads``, Keras's
+    ``ZeroPadding2D``); the output size then uses ``P_before + P_after`` for ``2P``.
     """
     span = dilation * (kernel - 1) + 1
     if isinstance(padding, str):
@@ -137,12 +145,30 @@ def padding_amounts(padding: PaddingSpec, in_size: int, kernel: int, stride: int
         if padding == "same":
             total = max((math.ceil(in_size / stride) - 1) * stride + span - in_size, 0)
             return total // 2, total - total // 2
-        raise ConfigError(f"{layer}: padding must be an int, a pair of ints or one of {PADDING_MODES}; "
-                          f"received padding={padding!r}")
-    pads = as_pair(padding, "padding", layer)
-    if pads[axis] < 0:
+        raise ConfigError(f"{layer}: padding must be an int, a pair of ints, a pair of pairs ((top, bottom), "
+                          f"(left, right)) or one of {PADDING_MODES}; received padding={padding!r}")
+    sides = _padding_sides(padding, layer)
+    if min(sides[0] + sides[1]) < 0:
         raise ConfigError(f"{layer}: padding must be >= 0; received padding={padding!r}")
-    return pads[axis], pads[axis]
+    return sides[axis]
+
+
+def _padding_sides(padding, layer: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` from a numeric padding spec (signs unchecked)."""
+    if _is_int(padding):
+        return (padding, padding), (padding, padding)
+    if isinstance(padding, (tuple, list)) and len(padding) == 2:
+        if all(map(_is_int, padding)):
+            return (int(padding[0]),) * 2, (int(padding[1]),) * 2
+        if all(isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_int, pair)) for pair in padding):
+            return (int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1]))
+    raise ConfigError(f"{layer}: padding must be an int, a pair of ints, a pair of pairs ((top, bottom), "
+                      f"(left, right)) or one of {PADDING_MODES}; received padding={padding!r}")
+
+
+def _is_int(value) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def windows_2d(in_sizes: tuple[int, int], kernel_size, stride, padding: PaddingSpec, dilation,
@@ -157,6 +183,34 @@ def windows_2d(in_sizes: tuple[int, int], kernel_size, stride, padding: PaddingS
         check_positive(d, "dilation", layer, "kernel taps must be at least one pixel apart")
     return Geometry(Window(k, s, *padding_amounts(padding, size, k, s, d, axis, layer), d)
                     for axis, (size, k, s, d) in enumerate(zip(in_sizes, kernel, strides, dilations)))
+
+
+def ceil_mode_windows(geometry: Geometry, in_sizes: tuple[int, int]) -> Geometry:
+    """The windows of a pooling with ``ceil_mode=True`` (PyTorch's and ONNX's rule) on an ``(H, W)`` plane.
+
+    Along each axis the output rounds up instead of down, unless that last window would start
+    in the padding after the input (it would see no input pixel)::
+
+        out = ceil((H + P_before + P_after - D*(K-1) - 1) / S) + 1,
+        minus 1 if (out - 1)*S >= H + P_before
+
+    The rows the last window reaches past the padded input are added to ``pad_after`` as the
+    window's :attr:`Window.overhang`, so every kernel that honours padding computes it.
+    """
+    return Geometry(_with_overhang(size, win) for size, win in zip(in_sizes, geometry))
+
+
+def _with_overhang(in_size: int, window: Window) -> Window:
+    padded = in_size + window.pad_before + window.pad_after
+    span = window.effective_kernel
+    if padded < span:
+        return window   # no window fits at all: window_output_size reports it
+    out = -(-(padded - span) // window.stride) + 1
+    if (out - 1) * window.stride >= in_size + window.pad_before:
+        out -= 1
+    overhang = max((out - 1) * window.stride + span - padded, 0)
+    return Window(window.kernel, window.stride, window.pad_before, window.pad_after + overhang,
+                  window.dilation, overhang)
 
 
 def zero_padding(padding, layer: str) -> Geometry:
@@ -185,12 +239,14 @@ def _is_count(value) -> bool:
 
 
 def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_name: str = "H",
-                       strict: bool = False) -> int:
+                       strict: bool = False, ceil_mode: bool = False) -> int:
     """Output size along one axis; raise :class:`ConfigError` when the window cannot fit.
 
     With ``strict=True`` a stride that does not divide the padded input exactly, or windows whose
     taps step over input rows (:func:`unread_rows`), are an error; otherwise those rows are
-    silently skipped, as in PyTorch.
+    silently skipped, as in PyTorch. ``ceil_mode``: ``window`` is from :func:`ceil_mode_windows`,
+    whose windows reach every input row by construction (a row left over is padding), so only
+    the rows the taps step over count.
     """
     k, s, d = window.kernel, window.stride, window.dilation
     padded = in_size + window.pad_before + window.pad_after
@@ -200,7 +256,7 @@ def window_output_size(in_size: int, window: Window, layer: str = "layer", axis_
         raise ConfigError(
             f"{layer}: kernel_size={k} does not fit the padded input along {axis_name} "
             f"({axis_name} + 2P = {padded} < {dilated}); lower kernel_size or raise padding")
-    remainder = (padded - span) % s
+    remainder = 0 if ceil_mode else (padded - span) % s
     if strict and remainder:
         raise ConfigError(f"{layer}: {_formula(in_size, window, axis_name)} = "
                           f"{(padded - span) / s + 1:g} is not a whole number; "

@@ -158,14 +158,16 @@ def _planned_layer(layer, shape, strict: bool) -> tuple[int, tuple[int, ...]] | 
     allocating nothing.
 
     cnnkit's layers with parameters are counted with the arithmetic formulas; every other layer
-    (no parameters, a merge, a registered custom layer) is built as a description, whose
-    parameters are placeholders that hold no numbers. None means a hyper-parameter is not a
-    positive int, which the real build reports.
+    (no parameters, a merge, a registered custom layer, one with buffers only as
+    :class:`~cnnkit.layers.Rescaling`) is built as a description, whose parameters and buffers
+    are placeholders that hold no numbers, and counted as its parameters plus its buffers (whose
+    shapes may come from the config). None means a hyper-parameter is not a positive int, which
+    the real build reports.
     """
     if not isinstance(layer, (Conv2d, DepthwiseConv2d, Conv2dTranspose, Dense, BatchNorm2d, PReLU)):
         with describing_only():
             output = layer.build(shape, None, strict=strict)
-        return layer.param_count(), tuple(output)
+        return layer.param_count() + sum(buffer.size for buffer in layer.buffers().values()), tuple(output)
     size = getattr(layer, "filters", getattr(layer, "units", getattr(layer, "depth_multiplier", 1)))
     if not _is_positive_int(size):
         return None

@@ -101,7 +101,7 @@ class Model(ModelState):
         init_schemes = self._init_schemes()
         for step in self.plan.steps:
             layer = step.layer
-            if any(param.placeholder for param in layer._params.values()):
+            if layer.has_placeholders():
                 layer.init_scheme = init_schemes[id(layer)]
                 shape = self._shape_of_inputs(step)
                 layer.build(shape, rng, strict=self.strict)

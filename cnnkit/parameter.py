@@ -35,6 +35,12 @@ def placeholder_array(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype), tuple(shape))
 
 
+def is_placeholder(array: np.ndarray) -> bool:
+    """Is ``array`` a :func:`placeholder_array` (a layer's buffer built as a description)? Read-only
+    with every stride zero: a buffer that holds numbers is writable (its loaders fill it in place)."""
+    return not array.flags.writeable and all(stride == 0 for stride in array.strides)
+
+
 class Parameter:
     """A learnable array with its accumulated gradient.
 

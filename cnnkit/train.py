@@ -52,12 +52,14 @@ def as_dataset(data, argument: str) -> Dataset:
 
 
 def scoring_tensors(model) -> list[int]:
-    """The plan's tensors that hold the class scores: each output, or the input of a final Softmax."""
+    """The plan's tensors that hold the class scores: each output, or the input of a final Softmax
+    over the last axis (one over another axis is trained through, as any layer)."""
     tensors = []
     for output in model.plan.outputs:
         position = model.plan.producer.get(output)
         step = model.plan.steps[position] if position is not None else None
-        tensors.append(step.inputs[0] if step is not None and isinstance(step.layer, Softmax) else output)
+        scored = step is not None and isinstance(step.layer, Softmax) and step.layer.over_last_axis
+        tensors.append(step.inputs[0] if scored else output)
     return tensors
 
 

@@ -103,9 +103,9 @@ def test_kernel_larger_than_padded_input():
                                                            "by at least one pixel); received stride=0"),
     (dict(kernel_size=0, stride=1, padding=0, dilation=1), "conv1: kernel_size must be at least 1"),
     (dict(kernel_size=3, stride=1, padding=0, dilation=0), "conv1: dilation must be at least 1"),
-    (dict(kernel_size=3, stride=1, padding="wide", dilation=1), "conv1: padding must be an int, a pair of ints or "
-                                                                "one of ('valid', 'same', 'full'); received "
-                                                                "padding='wide'"),
+    (dict(kernel_size=3, stride=1, padding="wide", dilation=1),
+     "conv1: padding must be an int, a pair of ints, a pair of pairs ((top, bottom), (left, right)) or "
+     "one of ('valid', 'same', 'full'); received padding='wide'"),
     (dict(kernel_size=3, stride=1, padding=-1, dilation=1), "conv1: padding must be >= 0; received padding=-1"),
     (dict(kernel_size=2.5, stride=1, padding=0, dilation=1), "conv1: kernel_size must be an int or a pair of ints; "
                                                              "received kernel_size=2.5"),

@@ -14,7 +14,7 @@ import numpy as np
 from ..arithmetic import FLOAT32_BYTES, CallMemory, ReceptiveField, Window, volume
 from ..errors import ConfigError, ShapeError
 from ..graph import connect, is_symbolic
-from ..parameter import Parameter
+from ..parameter import Parameter, is_placeholder
 
 Shape = tuple[int, int, int]
 
@@ -191,7 +191,7 @@ class Layer(ABC):
         if not self.built:
             raise ShapeError(f"{self.label}: call build(input_shape) (or put the layer in a Sequential) "
                              f"before forward")
-        if any(param.placeholder for param in self._params.values()):
+        if self.has_placeholders():
             raise ConfigError(f"{self.label}: was built as a description only (placeholder weights, e.g. "
                               f"allocate=False for a summary) and cannot compute; build it with weights "
                               f"(allocate=True) or give each parameter a value")
@@ -225,6 +225,11 @@ class Layer(ABC):
     def parameters(self) -> dict[str, Parameter]:
         """This layer's parameters by local name (``weight``, ``bias``, ...)."""
         return dict(self._params)
+
+    def has_placeholders(self) -> bool:
+        """Was the layer built as a description only: does a parameter or buffer hold no numbers?"""
+        return (any(param.placeholder for param in self._params.values())
+                or any(is_placeholder(value) for value in self._buffers.values()))
 
     def buffers(self) -> dict[str, np.ndarray]:
         """State that is saved with the weights but never learned by gradient (running statistics),

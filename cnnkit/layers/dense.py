@@ -9,7 +9,7 @@ from ..errors import ConfigError, ShapeError
 from ..init import initial_weight
 from ..ops.linear import linear, linear_backward
 from ..parameter import Parameter
-from .base import Layer
+from .base import Layer, check_choice
 
 
 def channels_first_dense_to_last(weight: np.ndarray, volume_shape: tuple[int, int, int]) -> np.ndarray:
@@ -39,17 +39,39 @@ def channels_first_dense_to_last(weight: np.ndarray, volume_shape: tuple[int, in
     return np.ascontiguousarray(weight.reshape(c, h, w, units).transpose(1, 2, 0, 3).reshape(h * w * c, units))
 
 
-class Flatten(Layer):
-    """``(B, H, W, C) -> (B, H*W*C)`` in channels-last order (a view, no copy).
+DATA_FORMATS = ("channels_last", "channels_first")
 
-    A dense layer trained after a channels-first flatten (PyTorch, Caffe: index ``c*H*W + h*W + w``)
-    maps onto this one by permuting its input rows: ``W_cl = W_cf.reshape(C, H, W, out)
-    .transpose(1, 2, 0, 3).reshape(H*W*C, out)``; see :func:`cnnkit.layers.channels_first_dense_to_last`.
+
+class Flatten(Layer):
+    """``(B, H, W, C) -> (B, H*W*C)``: each sample as one vector.
+
+    Args:
+        data_format: the order of the vector. ``"channels_last"`` (default): cnnkit's own, index
+            ``h*W*C + w*C + c``, a view of the input (no copy). ``"channels_first"``: the order a
+            channels-first framework flattens in (PyTorch, Caffe, ONNX: index ``c*H*W + h*W + w``),
+            a copy, so that a dense layer trained there keeps its weight as it is (an imported
+            ONNX model). Keras names the argument; in Keras it says how the *input* is laid out
+            (its ``"channels_first"`` reads ``(C, H, W)`` and flattens it in ``H, W, C`` order),
+            whereas cnnkit's volumes are always channels-last, so here it names the output order.
+            Any per-sample rank: ``"channels_first"`` moves the last axis to the front first.
+
+    With ``"channels_last"`` a dense weight trained after a channels-first flatten maps onto this
+    layer by permuting its input rows: ``W_cl = W_cf.reshape(C, H, W, out).transpose(1, 2, 0, 3)
+    .reshape(H*W*C, out)``; see :func:`cnnkit.layers.channels_first_dense_to_last`.
     """
 
     in_place = True
 
+    def __init__(self, data_format: str = "channels_last", name: str | None = None):
+        super().__init__(name)
+        self.data_format = data_format
+
     def _build(self, input_shape, rng):
+        check_choice(self.data_format, "data_format", DATA_FORMATS, self.label)
+        # channels first permutes: its output and gradient are new arrays
+        reorders = self.data_format == "channels_first" and len(input_shape) > 1
+        self.in_place = not reorders
+        self.fresh_output = self.fresh_input_grad = reorders
         return (int(np.prod(input_shape)),)
 
     def receptive_field(self, field):
@@ -57,18 +79,31 @@ class Flatten(Layer):
         h, w, _ = self.input_shape if len(self.input_shape) == 3 else (1, 1, 1)
         return field[0].covering(h), field[1].covering(w)
 
+    def _to_channels_first(self, rank: int) -> tuple[int, ...]:
+        """The axes of a batch of per-sample rank ``rank`` with the last moved before the others."""
+        return (0, rank, *range(1, rank))
+
     def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):
-        """A view of ``x`` when it is contiguous (the usual case), else a copy; the context is the batch size."""
+        """Channels last: a view of ``x`` when it is contiguous (the usual case), else a copy;
+        channels first: a new array. The context is the batch size."""
         self._refuse_activation(activation)
         x = self.check_input(x)
+        if not self.in_place:
+            x = np.ascontiguousarray(x.transpose(self._to_channels_first(x.ndim - 1)))
         return x.reshape(x.shape[0], -1), (x.shape[0] if training else None)
 
     def call_backward(self, dy: np.ndarray, context, *, owned: bool = False, need_input_grad: bool = True):
+        """The gradient in the input's shape: a view of ``dy`` (channels last) or a new array."""
         self.check_grad(dy, (context, *self.output_shape))
-        return dy.reshape(dy.shape[0], *self.input_shape)
+        if self.in_place:
+            return dy.reshape(dy.shape[0], *self.input_shape)
+        *spatial, channels = self.input_shape
+        rank = len(self.input_shape)
+        back = np.argsort(self._to_channels_first(rank))
+        return np.ascontiguousarray(dy.reshape(dy.shape[0], channels, *spatial).transpose(back))
 
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
-        return CallMemory(output_is_input=True, grad_is_view=True)
+        return CallMemory(output_is_input=self.in_place, grad_is_view=self.in_place)
 
 
 class Dense(Layer):

@@ -1,6 +1,6 @@
 """Merge layers: several tensors in, one out (a residual sum, an Inception concatenation).
 
-They exist for graphs (``cnnkit.Model``): ``Add()([x, shortcut])``. Called directly they take
+They exist for graphs (``cnnkit.Model``): ``Add()([x, shortcut])``, ``Subtract()([a, b])``. Called directly they take
 a list of arrays. ``Identity`` is the one-input layer that passes its input on (a named point
 of a graph, or an identity shortcut that should have a name).
 """
@@ -89,6 +89,27 @@ class Add(Merge):
     def call_memory(self, owned=False, training: bool = False) -> CallMemory:
         # sums into an input handed over; every input's gradient is the output's
         return CallMemory(output_is_input=any(_owned_flags(owned, len(self.input_shape))), grad_is_view=True)
+
+
+class Subtract(Merge):
+    """The difference of exactly two inputs, ``a - b`` (Keras's ``Subtract``, ONNX's ``Sub``):
+    ``Subtract()([a, b])``. Its gradients are ``dy`` for ``a`` and ``-dy`` for ``b``."""
+
+    def _merged_shape(self, shapes):
+        if len(shapes) != 2:
+            raise ShapeError(f"{self.label}: subtracts exactly two tensors (a - b); received {len(shapes)} "
+                             f"of shapes {[tuple(s) for s in shapes]}; chain two Subtract layers for more")
+        return super()._merged_shape(shapes)
+
+    def call(self, xs, training: bool = False, *, owned=False, activation: str | None = None):
+        self._refuse_activation(activation)
+        a, b = self.check_inputs(xs)
+        return a - b, (_input_record([a, b]) if training else None)
+
+    def call_backward(self, dy, context, *, owned: bool = False, need_input_grad: bool = True):
+        batch, dtypes = context
+        self.check_grad(dy, (batch, *self.output_shape))
+        return _in_input_dtypes([dy, np.negative(dy)], dtypes)
 
 
 class Multiply(Merge):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arithmetic import CallMemory, unread_rows, window_output_size, windows_2d
+from ..arithmetic import CallMemory, ceil_mode_windows, unread_rows, window_output_size, windows_2d
 from ..errors import ConfigError
 from ..ops.pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
                         global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward)
@@ -17,14 +17,17 @@ class _Pool2d(Layer):
     fresh_output = True
     fresh_input_grad = True
 
-    def __init__(self, pool_size=2, stride=None, padding=0, name: str | None = None):
+    def __init__(self, pool_size=2, stride=None, padding=0, ceil_mode: bool = False, name: str | None = None):
         super().__init__(name)
         self.pool_size = pool_size
         self.stride = stride
         self.padding = padding
+        self.ceil_mode = ceil_mode
 
     def _build(self, input_shape, rng):
         h, w, c = self._require_volume(input_shape)
+        if not isinstance(self.ceil_mode, bool):
+            raise ConfigError(f"{self.label}: ceil_mode must be True or False; received ceil_mode={self.ceil_mode!r}")
         stride = self.pool_size if self.stride is None else self.stride
         self._windows = windows_2d((h, w), self.pool_size, stride, self.padding, 1, self.label)
         for win in self._windows:
@@ -34,7 +37,9 @@ class _Pool2d(Layer):
                 raise ConfigError(
                     f"{self.label}: padding must be smaller than the pool size (P < K = {win.kernel}), or a "
                     f"window would see only padding; received padding={self.padding!r}; lower padding")
-        out = tuple(window_output_size(size, win, self.label, axis, self.strict)
+        if self.ceil_mode:
+            self._windows = ceil_mode_windows(self._windows, (h, w))
+        out = tuple(window_output_size(size, win, self.label, axis, self.strict, self.ceil_mode)
                     for size, win, axis in zip((h, w), self._windows, "HW"))
         return (*out, c)
 
@@ -49,11 +54,14 @@ class MaxPool2d(_Pool2d):
     """Max pooling: ``h(x, y) = max`` over the K x K window (padding counts as minus infinity).
 
     Args:
-        pool_size: K, an int or a pair. stride: S, defaults to K. padding: as in :class:`Conv2d`,
-        less than K (as ONNX's MaxPool: the max of the input pixels each window sees; every
-        window sees at least one).
+        pool_size: K, an int or a pair. stride: S, defaults to K. padding: as in :class:`Conv2d`
+        (an int, a pair, ``((top, bottom), (left, right))`` or a mode), each side less than K
+        (as ONNX's MaxPool: the max of the input pixels each window sees; every window sees at
+        least one). ceil_mode: round the output size up (PyTorch's and ONNX's ``ceil_mode``).
 
-    Output ``H2 = floor((H + 2P - K)/S) + 1``, the lecture's ``(H - K)/S + 1`` without padding.
+    Output ``H2 = floor((H + P_before + P_after - K)/S) + 1``, the lecture's ``(H - K)/S + 1``
+    without padding; with ``ceil_mode=True`` ``ceil(...) + 1``, less one when that last window
+    would start in the padding after the input (:func:`cnnkit.arithmetic.ceil_mode_windows`).
     """
 
     def cached_per_sample(self) -> int:
@@ -81,14 +89,17 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """Average pooling: the mean over each K x K window.
 
-    ``count_include_pad=False`` (default) divides by the number of real input pixels in the
-    window, ``True`` always by K*K (PyTorch's and ONNX's two conventions). Padding is less
-    than K, so every window sees at least one input pixel.
+    Arguments and output size as :class:`MaxPool2d`. ``count_include_pad=False`` (default)
+    divides by the number of real input pixels in the window, ``True`` by K*K (PyTorch's and
+    ONNX's two conventions). Padding is less than K, so every window sees at least one input
+    pixel. With ``ceil_mode=True`` the last window may reach past the padded input; that
+    overhang is never counted, not even with ``count_include_pad=True`` (PyTorch's rule, which
+    ONNX Runtime follows; ONNX's reference evaluator, onnx 1.23, differs for strides of 3 and more).
     """
 
     def __init__(self, pool_size=2, stride=None, padding=0, count_include_pad: bool = False,
-                 name: str | None = None):
-        super().__init__(pool_size, stride, padding, name)
+                 ceil_mode: bool = False, name: str | None = None):
+        super().__init__(pool_size, stride, padding, ceil_mode, name)
         self.count_include_pad = count_include_pad
 
     def call(self, x: np.ndarray, training: bool = False, *, owned: bool = False, activation: str | None = None):

@@ -8,13 +8,14 @@ cutting of work into parts in :mod:`cnnkit.ops.parts`.
 The process settings they run under (threads, BLAS, malloc) are :mod:`cnnkit.ops.runtime`'s.
 """
 
-from .activation import (leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu, prelu_backward, relu,
-                         relu6, relu6_backward, relu_backward, sigmoid, sigmoid_backward, tanh,
+from .activation import (clip, clip_backward, elu, elu_backward, hard_sigmoid, hard_sigmoid_backward, hard_swish,
+                         hard_swish_backward, leaky_relu, leaky_relu_backward, maxout, maxout_backward, prelu,
+                         prelu_backward, relu, relu6, relu6_backward, relu_backward, sigmoid, sigmoid_backward, tanh,
                          tanh_backward)
 from .conv import ALGORITHMS, ConvContext, choose_algorithm, conv2d, conv2d_backward
 from .depthwise import depthwise_conv2d, depthwise_conv2d_backward
 from .linear import linear, linear_backward
-from .loss import log_softmax, softmax, softmax_backward, softmax_cross_entropy
+from .loss import log_softmax, log_softmax_backward, softmax, softmax_backward, softmax_cross_entropy
 from .norm import (batch_norm_fixed, batch_norm_frozen, batch_norm_frozen_backward, batch_norm_train,
                    batch_norm_train_backward, folded_weights, update_running)
 from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
@@ -23,12 +24,14 @@ from .reduce import sum_rows
 from .window import input_rows, pad, tap_slices, unpad, window_add, windowed_view
 
 __all__ = [
-    "leaky_relu", "leaky_relu_backward", "maxout", "maxout_backward", "prelu", "prelu_backward", "relu",
+    "clip", "clip_backward", "elu", "elu_backward", "hard_sigmoid", "hard_sigmoid_backward", "hard_swish",
+    "hard_swish_backward", "leaky_relu", "leaky_relu_backward", "maxout", "maxout_backward", "prelu",
+    "prelu_backward", "relu",
     "relu6", "relu6_backward", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "ALGORITHMS", "ConvContext", "choose_algorithm", "conv2d", "conv2d_backward",
     "depthwise_conv2d", "depthwise_conv2d_backward",
     "linear", "linear_backward",
-    "log_softmax", "softmax", "softmax_backward", "softmax_cross_entropy",
+    "log_softmax", "log_softmax_backward", "softmax", "softmax_backward", "softmax_cross_entropy",
     "batch_norm_fixed", "batch_norm_frozen", "batch_norm_frozen_backward", "batch_norm_train",
     "batch_norm_train_backward", "folded_weights", "update_running",
     "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d",

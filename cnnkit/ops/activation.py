@@ -127,6 +127,80 @@ def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     return dx
 
 
+def elu(x: np.ndarray, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` where ``x > 0``, ``alpha * (exp(x) - 1)`` elsewhere (Clevert et al. 2015), with ``expm1``
+    so that small negative inputs keep their precision."""
+    negative = np.minimum(x, 0.0)
+    np.expm1(negative, out=negative)
+    negative *= float(alpha)
+    y = np.maximum(x, 0.0, out=out)   # may alias x: x is not read after this line
+    y += negative
+    return y
+
+
+def elu_backward(dy: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Gradient of ELU from its output ``y`` (``alpha >= 0``, so ``y > 0`` exactly where ``x > 0``):
+    ``dy`` there, ``dy * alpha * exp(x) = dy * (y + alpha)`` elsewhere (``alpha`` at 0, as PyTorch)."""
+    factor = np.minimum(y, 0.0)
+    factor += float(alpha)
+    np.copyto(factor, 1.0, where=y > 0)
+    factor *= dy
+    return factor
+
+
+def hard_sigmoid(x: np.ndarray, alpha: float, beta: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``clip(alpha * x + beta, 0, 1)``: ONNX's HardSigmoid (PyTorch's ``hardsigmoid`` is alpha=1/6, beta=1/2)."""
+    y = np.multiply(x, float(alpha), out=out)
+    y += float(beta)
+    return np.clip(y, 0.0, 1.0, out=y)
+
+
+def hard_sigmoid_backward(dy: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Gradient of the hard sigmoid from its output: ``alpha * dy`` where ``0 < y < 1``, else 0 (0 at
+    both corners, as PyTorch)."""
+    inside = y > 0
+    inside &= y < 1
+    dx = np.multiply(dy, inside, dtype=dy.dtype)
+    dx *= float(alpha)
+    return dx
+
+
+def hard_swish(x: np.ndarray) -> np.ndarray:
+    """``x * clip(x / 6 + 1/2, 0, 1)`` (MobileNetV3's activation; ONNX's HardSwish, PyTorch's ``hardswish``)."""
+    gate = hard_sigmoid(x, 1.0 / 6.0, 0.5)
+    gate *= x
+    return gate
+
+
+def hard_swish_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gradient of the hard swish from its input (the output does not determine it: ``x (x + 3) / 6``
+    takes each value below 0 twice): 0 for ``x < -3``, ``x / 3 + 1/2`` for ``-3 <= x <= 3``, 1 above
+    (PyTorch's choice at the corners)."""
+    factor = np.multiply(x, 1.0 / 3.0)
+    factor += 0.5
+    np.copyto(factor, 0.0, where=x < -3)
+    np.copyto(factor, 1.0, where=x > 3)
+    factor *= dy
+    return factor
+
+
+def clip(x: np.ndarray, low: float | None, high: float | None, out: np.ndarray | None = None) -> np.ndarray:
+    """``min(max(x, low), high)``; a bound that is None does not apply (ONNX's Clip)."""
+    low = -np.inf if low is None else float(low)
+    high = np.inf if high is None else float(high)
+    return np.clip(x, low, high, out=out)
+
+
+def clip_backward(dy: np.ndarray, y: np.ndarray, low: float | None, high: float | None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of the clip from its output: ``dy`` where ``low < y < high``, else 0 (0 on a bound,
+    like ReLU6; ``out`` may be ``dy`` itself when the caller owns it)."""
+    inside = np.ones(y.shape, bool) if low is None else y > float(low)
+    if high is not None:
+        inside &= y < float(high)
+    return np.multiply(dy, inside, dtype=dy.dtype, out=out)
+
+
 def maxout(x: np.ndarray, pieces: int) -> tuple[np.ndarray, np.ndarray]:
     """Maxout over channel groups: output channel ``j`` is the max of channels ``j*pieces ... j*pieces+pieces-1``.
 

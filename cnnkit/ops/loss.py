@@ -36,6 +36,14 @@ def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted
 
 
+def log_softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Gradient of log-softmax from its output ``y``: ``dy - exp(y) * sum(dy)`` along ``axis``."""
+    dx = np.exp(y)
+    dx *= dy.sum(axis=axis, keepdims=True)
+    np.subtract(dy, dx, out=dx)
+    return dx
+
+
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of ``softmax(logits)`` against integer ``labels``, and its gradient.
 

@@ -51,8 +51,10 @@ def max_pool2d_backward(dy: np.ndarray, winners: np.ndarray, geometry: Geometry,
 def avg_pool2d(x: np.ndarray, geometry: Geometry, count_include_pad: bool = False) -> np.ndarray:
     """Mean over each window of ``x`` (B, H, W, C).
 
-    The divisor is the number of real (unpadded) pixels in the window, or always Kh*Kw with
-    ``count_include_pad=True``; the two agree when there is no padding.
+    The divisor is the number of real (unpadded) pixels in the window, or with
+    ``count_include_pad=True`` Kh*Kw less the window's ``ceil_mode`` overhang (a
+    :attr:`~cnnkit.arithmetic.Window.overhang` of the geometry, which is not padding); the two
+    agree when there is no padding.
     """
     total = None
     for tap in _taps(x, geometry, 0.0):
@@ -221,11 +223,23 @@ def _spread_general(scaled, geometry, input_shape) -> np.ndarray:
 
 def _inverse_counts(shape: tuple[int, ...], geometry: Geometry, count_include_pad: bool,
                     dtype: np.dtype) -> np.ndarray:
-    """``1 / divisor`` for each output position, shaped (1, Ho, Wo, 1) (or a scalar)."""
+    """``1 / divisor`` for each output position, shaped (1, Ho, Wo, 1) (or a scalar).
+
+    The divisor counts the window's input pixels, and with ``count_include_pad`` its padding
+    too, but never the overhang a ``ceil_mode`` window reaches past the padded input (PyTorch's
+    rule, which ONNX Runtime follows).
+    """
     kh, kw = geometry.kernel
-    if count_include_pad or not geometry.padded:
+    overhang = tuple(win.overhang for win in geometry)
+    if not geometry.padded or (count_include_pad and not any(overhang)):
         return np.asarray(1.0 / (kh * kw), dtype=dtype)
-    ones = np.ones((1, *shape[1:3], 1), dtype=dtype)
-    counts = windowed_view(pad(ones, geometry), geometry).sum(axis=(3, 4))
+    wh, ww = geometry
+    ones = np.zeros(geometry.padded_shape((1, *shape[1:3], 1)), dtype=dtype)
+    if count_include_pad:
+        ones[:, :ones.shape[1] - overhang[0], :ones.shape[2] - overhang[1]] = 1
+    else:
+        _, h, w, _ = shape
+        ones[:, wh.pad_before:wh.pad_before + h, ww.pad_before:ww.pad_before + w] = 1
+    counts = windowed_view(ones, geometry).sum(axis=(3, 4))
     # a window made only of padding would divide by zero; the layers forbid it (padding < K)
     return (1.0 / np.maximum(counts, 1)).astype(dtype, copy=False)

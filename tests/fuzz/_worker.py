@@ -22,6 +22,7 @@ import faulthandler
 import json
 import re
 import resource
+import shutil
 import signal
 import sys
 import tempfile
@@ -63,6 +64,15 @@ def _reader(kind: str):
     if kind == "model":
         from cnnkit.checkpoint import load
         return lambda path: load(path).state_dict()
+    if kind == "onnx":   # the initializers and the tensors of Constant nodes
+        from cnnkit.io.onnx_file import read_onnx_graph
+
+        def read_onnx(path):
+            graph = read_onnx_graph(path)
+            tensors = {f"{node.name}.{name}": value for node in graph.nodes
+                       for name, value in node.attributes.items() if isinstance(value, np.ndarray)}
+            return {**graph.initializers, **tensors}
+        return read_onnx
     if kind == "image":
         from cnnkit.data.images import load_image
         return load_image
@@ -178,6 +188,8 @@ def main(spec_path: str) -> int:
         raise Hang(f"read took more than {timeout} s")
 
     signal.signal(signal.SIGALRM, on_alarm)
+    for companion in spec.get("companions", []):   # files the base file names, e.g. ONNX external data
+        shutil.copy(companion, work.parent)
     work.write_bytes(base)
     print(f"mutants are written to {work}", file=sys.stderr)  # kept, to reproduce a hang
     _check_result(read(work), expected, True, len(base), is_image)  # warm-up: imports, caches

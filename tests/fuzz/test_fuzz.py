@@ -130,6 +130,29 @@ def _graph_model_file(folder: Path):
     return path, {name: np.array(value) for name, value in model.state_dict().items()}
 
 
+def _shape_layers_model_file(folder: Path):
+    """A graph model file with the layers whose configs hold shapes and constants: Rescaling's
+    buffers (a shape in the config), asymmetric and reflect padding, ceil-mode pooling, Permute,
+    Reshape, Subtract and the channels-first Flatten."""
+    import cnnkit
+    from cnnkit.layers import (AvgPool2d, Conv2d, Dense, Flatten, MaxPool2d, Padding2d, Permute, Rescaling, Reshape,
+                               Subtract)
+
+    image = cnnkit.Input((7, 6, 2), name="image")
+    x = Rescaling(RNG.standard_normal((1, 6, 2)), np.array([0.5, -0.5]), name="norm")(image)
+    x = Padding2d(((1, 0), (2, 1)), mode="reflect", name="pad")(x)
+    x = Conv2d(4, 3, padding=((0, 1), (1, 0)), name="conv")(x)
+    x = MaxPool2d(2, 2, padding=((1, 0), (0, 1)), ceil_mode=True, name="pool")(x)
+    y = Reshape((-1, 4), name="regroup")(Permute((2, 1, 3), name="swap")(x))
+    x = Subtract(name="diff")([Reshape((-1, 4), name="flat_grid")(x), y])
+    x = AvgPool2d((2, 1), padding=((0, 1), (0, 0)), ceil_mode=True, count_include_pad=True, name="avg")(
+        Reshape((-1, 1, 4), name="column")(x))
+    model = cnnkit.Model(image, Dense(3, name="fc")(Flatten("channels_first", name="flat")(x)), name="shapes")
+    path = folder / "base.safetensors"
+    model.save(path)
+    return path, {name: np.array(value) for name, value in model.state_dict().items()}
+
+
 def _image_file(folder: Path, fmt: str):
     from PIL import Image
 
@@ -141,6 +164,51 @@ def _image_file(folder: Path, fmt: str):
     return path, {"image": decoded}
 
 
+def _onnx_model():
+    """A small CNN as ONNX: raw and typed tensors of several dtypes, every plain attribute type,
+    a Constant's tensor attribute, symbolic dims and value_info; nodes written out of order."""
+    onnx = pytest.importorskip("onnx", reason="the ONNX base files are built with onnx.helper")
+    from onnx import TensorProto, helper, numpy_helper
+
+    arrays = {"conv.weight": RNG.standard_normal((4, 2, 3, 3)).astype(np.float32),
+              "bn.scale": RNG.random(4).astype(np.float16), "bn.bias": np.arange(4, dtype=np.float64),
+              "bn.mean": np.zeros(4, np.float32), "bn.var": np.ones(4, np.float32),
+              "fc.weight": RNG.standard_normal((3, 36)).astype(np.float32), "shape": np.array([-1, 36], np.int64),
+              "const.value": np.array([0.5, -2.0], np.float32)}
+    tensors = [numpy_helper.from_array(array, name) for name, array in arrays.items() if name != "const.value"]
+    tensors.append(helper.make_tensor("fc.bias", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0]))   # float_data
+    tensors.append(helper.make_tensor("mask", TensorProto.INT8, [2], [-1, 7]))                # int32_data
+    arrays.update({"fc.bias": np.array([1.0, 2.0, 3.0], np.float32), "mask": np.array([-1, 7], np.int8)})
+    nodes = [
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1, alpha=1.0),
+        helper.make_node("Conv", ["x", "conv.weight", ""], ["c"], name="conv", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], auto_pad="NOTSET"),
+        helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"],
+                         name="bn", epsilon=1e-5),
+        helper.make_node("Relu", ["b"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["p", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Constant", [], ["k"], name="const", value=numpy_helper.from_array(arrays["const.value"])),
+        helper.make_node("Add", ["y", "k"], ["z"], name="add", tags=["a", "b"], weights=[0.5, 1.5]),
+    ]
+    graph = helper.make_graph(nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])], tensors,
+                              value_info=[helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 4, 6, 6])])
+    return onnx, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), arrays
+
+
+def _onnx_file(folder: Path, external: bool):
+    """The model above as one .onnx file, or with its tensors in ``weights.bin`` beside it (the
+    worker copies it next to each mutant, so mutated locations, offsets and lengths are read)."""
+    onnx, model, arrays = _onnx_model()
+    path = folder / "base.onnx"
+    if external:
+        onnx.save_model(model, path, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    else:
+        path.write_bytes(model.SerializeToString())
+    return path, arrays
+
+
 FORMATS = {
     "pth-zip": ("torch", ".pth", lambda d: _torch_file(d, "zip")),
     "pth-legacy": ("torch", ".pth", lambda d: _torch_file(d, "legacy")),
@@ -150,8 +218,11 @@ FORMATS = {
     "keras3-archive": ("weights", ".keras", lambda d: _keras3_files(d, "keras")),
     "model": ("model", ".safetensors", _model_file),
     "graph-model": ("model", ".safetensors", _graph_model_file),
+    "shape-layers-model": ("model", ".safetensors", _shape_layers_model_file),
     "png": ("image", ".png", lambda d: _image_file(d, "png")),
     "jpeg": ("image", ".jpg", lambda d: _image_file(d, "jpg")),
+    "onnx": ("onnx", ".onnx", lambda d: _onnx_file(d, external=False)),
+    "onnx-external": ("onnx", ".onnx", lambda d: _onnx_file(d, external=True)),
 }
 
 
@@ -162,7 +233,8 @@ def _start_worker(folder: Path, fmt: str) -> subprocess.Popen:
     spec = {"format": fmt, "reader": reader, "suffix": suffix, "base": str(base),
             "expected": str(folder / "expected.npz"), "names": list(expected),
             "examples": EXAMPLES, "memory_mb": MEMORY_MB, "read_timeout": READ_TIMEOUT,
-            "derandomize": DERANDOMIZE}
+            "derandomize": DERANDOMIZE,
+            "companions": [str(file) for file in folder.iterdir() if file != base and file.suffix == ".bin"]}
     (folder / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "CNNKIT_NUM_THREADS": "1"}

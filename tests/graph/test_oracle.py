@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.layers import (Add, BatchNorm2d, Concatenate, Conv2d, Dense, Flatten, MaxPool2d, ReLU)
+from cnnkit.layers import (Add, BatchNorm2d, Concatenate, Conv2d, Dense, Flatten, MaxPool2d, ReLU, Subtract)
 from cnnkit.optim import SGD
 from cnnkit.train import train_step
 
@@ -201,14 +201,15 @@ def siamese_model(merge: str, seed=5):
     left, right = cnnkit.Input((5, 5, 2), name="left"), cnnkit.Input((5, 5, 2), name="right")
     conv, embed = Conv2d(3, 3, name="conv"), Dense(4, name="embed")
     features = [embed(Flatten()(ReLU()(conv(side)))) for side in (left, right)]
-    merged = Add()(features) if merge == "add" else Concatenate()(features)
+    merged = {"add": Add, "subtract": Subtract, "concat": Concatenate}[merge]()(features)
     return cnnkit.Model([left, right], Dense(2, name="out")(merged), name="siamese", seed=seed)
 
 
 def torch_siamese_model(merge: str):
     def forward(w, left, right):
         features = [w.dense(flatten(F.relu(w.conv(nchw(side), "conv"))), "embed") for side in (left, right)]
-        merged = features[0] + features[1] if merge == "add" else torch.cat(features, dim=1)
+        merged = {"add": lambda: features[0] + features[1], "subtract": lambda: features[0] - features[1],
+                  "concat": lambda: torch.cat(features, dim=1)}[merge]()
         return w.dense(merged, "out")
     return forward
 
@@ -220,6 +221,7 @@ MODELS = {
     "two_heads": (two_head_model, torch_two_head_model, [(3, 5, 5, 2)]),
     "siamese_add": (lambda: siamese_model("add"), torch_siamese_model("add"), [(3, 5, 5, 2)] * 2),
     "siamese_concat": (lambda: siamese_model("concat"), torch_siamese_model("concat"), [(3, 5, 5, 2)] * 2),
+    "siamese_subtract": (lambda: siamese_model("subtract"), torch_siamese_model("subtract"), [(3, 5, 5, 2)] * 2),
 }
 
 
