@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 CNNKIT := $(VENV)/bin/cnnkit
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 DEMO := demo
 
 .PHONY: demo test fuzz bench clean
@@ -32,7 +33,8 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: $(TEST_STAMP)
 	CNNKIT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CNNKIT_FUZZ_RANDOM=1 $(PY) -m pytest tests/fuzz -q -s
 
-bench: $(TEST_STAMP)
+# cnnkit against PyTorch (NCHW and channels_last), ONNX Runtime and OpenVINO (benchmarks/run.py; long).
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run
 
 $(PY):
@@ -45,6 +47,10 @@ $(RUN_STAMP): pyproject.toml | $(PY)
 $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,viz,h5]'
 	touch $@ $(RUN_STAMP)
+
+$(BENCH_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,viz,h5,bench]'
+	touch $@ $(TEST_STAMP) $(RUN_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO)

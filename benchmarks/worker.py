@@ -1,17 +1,22 @@
-"""One benchmark case in one framework, in its own process; prints a JSON line of timings.
+"""One benchmark case on one engine, in its own process; prints a JSON line of timings.
 
-Run by ``benchmarks/run.py``; never imports both frameworks (their thread pools would fight).
+Run by ``benchmarks/run.py``; never imports two engines (their thread pools would fight): the ONNX
+engines export their network in a child process (``benchmarks/onnx_engines.py``).
     python -m benchmarks.worker --framework cnnkit --case vgg16_infer_b8 --repeats 5
     python -m benchmarks.worker --framework torch --case resnet18_train_b32 --repeats 1 --size 32   # a quick check
+    python -m benchmarks.worker --framework openvino --case mobilenet_v2_infer_b8 --repeats 1 --size 32
 
-``--size`` changes the image size of the ResNet and MobileNetV2 cases (224 by default, as timed) to check
-quickly that one runs.
+Engines: ``cnnkit``; ``torch`` (PyTorch, NCHW) and ``torch_cl`` (PyTorch with the model and the
+input in ``channels_last`` memory format); ``onnxruntime`` and ``openvino`` (inference cases only).
+Every engine runs on :func:`engine_threads` threads. ``--size`` changes the image size of the
+ResNet and MobileNetV2 cases (224 by default, as timed) to check quickly that one runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -28,9 +33,10 @@ TRAIN_WARMUP = 3
 #: ResNet cases: (depth, training?) by case-name prefix; the batch is the number after "_b"
 RESNET_CASES = {"resnet50_infer": (50, False), "resnet18_train": (18, True)}
 MOBILENET_INFER = "mobilenet_v2_infer_b"
-#: torchvision's MobileNetV2 blocks: (expansion t, output channels c, blocks n, first stride s)
-MOBILENET_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                     (6, 320, 1, 1))
+SMALL_INFER = "small_infer_b128"
+ENGINES = ("cnnkit", "torch", "torch_cl", "onnxruntime", "openvino")
+#: Engines that run inference only
+INFERENCE_ENGINES = ("onnxruntime", "openvino")
 
 
 def resnet_case(case: str) -> tuple[int, bool, int] | None:
@@ -45,6 +51,20 @@ def mobilenet_batch(case: str) -> int | None:
     """The batch of a MobileNetV2 inference case such as ``mobilenet_v2_infer_b8``, else None."""
     batch = case[len(MOBILENET_INFER):]
     return int(batch) if case.startswith(MOBILENET_INFER) and batch.isdigit() else None
+
+
+def is_training(case: str) -> bool:
+    """Does ``case`` time a training step (forward, backward and the optimizer's update)?"""
+    return "_train_b" in case
+
+
+def engine_threads() -> int:
+    """Threads every engine runs on: ``CNNKIT_NUM_THREADS``, else the cores this process may use
+    (cnnkit's own default, computed here so that the other engines' workers never import cnnkit)."""
+    value = os.environ.get("CNNKIT_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def conv_case_name(size: int, cin: int, cout: int) -> str:
@@ -110,6 +130,10 @@ def cnnkit_case(case: str, repeats: int, image_size: int = 224) -> dict:
         model = cnnkit.models.vgg16()
         x = rng.standard_normal((batch, 224, 224, 3), dtype=np.float32)
         return {"times": time_calls(lambda: model.forward(x), repeats), "images": batch}
+    if case == SMALL_INFER:
+        model = cnnkit_small_net()
+        x = rng.standard_normal((SMALL_BATCH, 32, 32, 3), dtype=np.float32)
+        return {"times": time_calls(lambda: model.forward(x), repeats), "images": SMALL_BATCH}
     if case in ("vgg16_train_b8", "small_train_b128"):
         batch = 8 if case == "vgg16_train_b8" else SMALL_BATCH
         model = cnnkit.models.vgg16(classifier_activation=None) if batch == 8 else cnnkit_small_net()
@@ -139,153 +163,77 @@ def cnnkit_case(case: str, repeats: int, image_size: int = 224) -> dict:
 
 # ----------------------------------------------------------------- PyTorch
 
-def torch_vgg16(nn):
-    layers, channels = [], 3
-    for block, (width, convs) in enumerate(zip((64, 128, 256, 512, 512), (2, 2, 3, 3, 3))):
-        for _ in range(convs):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
-            channels = width
-        layers.append(nn.MaxPool2d(2, 2))
-    layers += [nn.Flatten(), nn.Linear(25088, 4096), nn.ReLU(inplace=True), nn.Dropout(),
-               nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(4096, 1000)]
-    return nn.Sequential(*layers)
-
-
-def torch_small_net(nn):
-    layers, channels = [], 3
-    for width in (32, 64, 128):
-        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True),
-                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        channels = width
-    layers += [nn.Flatten(), nn.Linear(128 * 16, 256), nn.ReLU(inplace=True), nn.Linear(256, 10)]
-    return nn.Sequential(*layers)
-
-
-def torch_resnet(nn, depth: int):
-    """torchvision's ResNet (v1.5) written out in plain modules: torchvision is not a dependency."""
-    counts = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
-    expansion = 1 if depth < 50 else 4
-
-    def conv_bn(cin, cout, kernel, stride=1):
-        return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
-
-    class Block(nn.Module):
-        def __init__(self, cin, planes, stride):
-            super().__init__()
-            if expansion == 1:
-                branch = conv_bn(cin, planes, 3, stride) + [nn.ReLU(inplace=True)] + conv_bn(planes, planes, 3)
-            else:
-                branch = (conv_bn(cin, planes, 1) + [nn.ReLU(inplace=True)] + conv_bn(planes, planes, 3, stride)
-                          + [nn.ReLU(inplace=True)] + conv_bn(planes, planes * 4, 1))
-            self.branch = nn.Sequential(*branch)
-            changes = stride != 1 or cin != planes * expansion
-            self.downsample = nn.Sequential(*conv_bn(cin, planes * expansion, 1, stride)) if changes else None
-            self.relu = nn.ReLU(inplace=True)
-
-        def forward(self, x):
-            shortcut = x if self.downsample is None else self.downsample(x)
-            return self.relu(self.branch(x) + shortcut)
-
-    layers, channels = conv_bn(3, 64, 7, 2) + [nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)], 64
-    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), counts)):
-        for index in range(blocks):
-            layers.append(Block(channels, planes, 2 if stage > 0 and index == 0 else 1))
-            channels = planes * expansion
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1000)]
-    return nn.Sequential(*layers)
-
-
-def torch_mobilenet_v2(nn):
-    """torchvision's MobileNetV2 (width 1) written out in plain modules: torchvision is not a dependency."""
-    def conv_bn_relu6(cin, cout, kernel, stride=1, groups=1):
-        return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                nn.ReLU6(inplace=True)]
-
-    class InvertedResidual(nn.Module):
-        def __init__(self, cin, cout, stride, expansion):
-            super().__init__()
-            hidden = cin * expansion
-            expand = conv_bn_relu6(cin, hidden, 1) if expansion != 1 else []
-            self.branch = nn.Sequential(*expand, *conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
-                                        nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            self.residual = stride == 1 and cin == cout
-
-        def forward(self, x):
-            return x + self.branch(x) if self.residual else self.branch(x)
-
-    layers, channels = conv_bn_relu6(3, 32, 3, 2), 32
-    for expansion, cout, blocks, stride in MOBILENET_SETTING:   # width 1: every count is a multiple of 8
-        for index in range(blocks):
-            layers.append(InvertedResidual(channels, cout, stride if index == 0 else 1, expansion))
-            channels = cout
-    layers += conv_bn_relu6(channels, 1280, 1)
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000)]
-    return nn.Sequential(*layers)
-
-
-def torch_resnet_case(depth: int, training: bool, batch: int, size: int, repeats: int) -> dict:
+def torch_inference_model(case: str, image_size: int = 224):
+    """``(model in eval mode, NCHW input shape)`` of an inference case, None for other cases; the
+    ONNX engines export this same model."""
     import torch
     from torch import nn
+
+    from benchmarks.torch_models import torch_mobilenet_v2, torch_resnet, torch_small_net, torch_vgg16
     torch.manual_seed(0)
-    model = torch_resnet(nn, depth)
-    x = torch.randn(batch, 3, size, size)
-    if not training:
-        model.eval()
+    resnet = resnet_case(case)
+    if resnet and not resnet[1]:
+        model, shape = torch_resnet(nn, resnet[0]), (resnet[2], 3, image_size, image_size)
+    elif mobilenet_batch(case):
+        model, shape = torch_mobilenet_v2(nn), (mobilenet_batch(case), 3, image_size, image_size)
+    elif case.startswith("vgg16_infer_b"):
+        model, shape = torch_vgg16(nn), (int(case.rsplit("b", 1)[1]), 3, 224, 224)
+    elif case == SMALL_INFER:
+        model, shape = torch_small_net(nn), (SMALL_BATCH, 3, 32, 32)
+    else:
+        return None
+    return model.eval(), shape
+
+
+def torch_training_model(case: str, image_size: int = 224):
+    """``(model, NCHW input shape, classes of the labels)`` of a training case, None for other cases."""
+    import torch
+    from torch import nn
+
+    from benchmarks.torch_models import torch_resnet, torch_small_net, torch_vgg16
+    torch.manual_seed(0)
+    resnet = resnet_case(case)
+    if resnet and resnet[1]:
+        return torch_resnet(nn, resnet[0]), (resnet[2], 3, image_size, image_size), 1000
+    if case == "vgg16_train_b8":
+        return torch_vgg16(nn), (8, 3, 224, 224), 10
+    if case == "small_train_b128":
+        return torch_small_net(nn), (SMALL_BATCH, 3, 32, 32), 10
+    return None
+
+
+def torch_case(case: str, repeats: int, image_size: int = 224, channels_last: bool = False) -> dict:
+    """Time ``case`` in PyTorch, NCHW or with the model and input in ``channels_last`` memory format."""
+    import torch
+    from torch import nn
+    torch.set_num_threads(engine_threads())
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    inference = torch_inference_model(case, image_size)
+    if inference:
+        model, shape = inference
+        model, x = model.to(memory_format=layout), torch.randn(shape).to(memory_format=layout)
 
         def infer():
             with torch.inference_mode():
                 model(x)
-        return {"times": time_calls(infer, repeats), "images": batch}
-    y = torch.randint(0, 1000, (batch,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def step():
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return {"times": time_calls(step, repeats, TRAIN_WARMUP), "images": batch}
-
-
-def torch_case(case: str, repeats: int, image_size: int = 224) -> dict:
-    import torch
-    from torch import nn
-    torch.manual_seed(0)
-    if resnet_case(case):
-        return torch_resnet_case(*resnet_case(case), image_size, repeats)
-    if mobilenet_batch(case):
-        model = torch_mobilenet_v2(nn).eval()
-        x = torch.randn(mobilenet_batch(case), 3, image_size, image_size)
-
-        def infer_mobilenet():
-            with torch.inference_mode():
-                model(x)
-        return {"times": time_calls(infer_mobilenet, repeats), "images": mobilenet_batch(case)}
-    if case.startswith("vgg16_infer_b"):
-        batch = int(case.rsplit("b", 1)[1])
-        model = torch_vgg16(nn).eval()
-        x = torch.randn(batch, 3, 224, 224)
-
-        def infer():
-            with torch.inference_mode():
-                model(x)
-        return {"times": time_calls(infer, repeats), "images": batch}
-    if case in ("vgg16_train_b8", "small_train_b128"):
-        batch = 8 if case == "vgg16_train_b8" else SMALL_BATCH
-        model = torch_vgg16(nn) if batch == 8 else torch_small_net(nn)
-        size = 224 if batch == 8 else 32
-        x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+        return {"times": time_calls(infer, repeats), "images": shape[0]}
+    training = torch_training_model(case, image_size)
+    if training:
+        model, shape, classes = training
+        model, x = model.to(memory_format=layout), torch.randn(shape).to(memory_format=layout)
+        y = torch.randint(0, classes, (shape[0],))
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def step():
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
-        return {"times": time_calls(step, repeats, TRAIN_WARMUP), "images": batch}
+        return {"times": time_calls(step, repeats, TRAIN_WARMUP), "images": shape[0]}
     for size, cin, cout in VGG16_CONV_SHAPES:
         if case == conv_case_name(size, cin, cout):
-            conv = nn.Conv2d(cin, cout, 3, padding=1)
-            x = torch.randn(CONV_BATCH, cin, size, size, requires_grad=True)
-            dy = torch.randn(CONV_BATCH, cout, size, size)
+            conv = nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=layout)
+            x = torch.randn(CONV_BATCH, cin, size, size).to(memory_format=layout).requires_grad_()
+            dy = torch.randn(CONV_BATCH, cout, size, size).to(memory_format=layout)
             forward = time_calls(lambda: conv(x), repeats)
             backward = []
             for _ in range(repeats + 1):
@@ -299,15 +247,26 @@ def torch_case(case: str, repeats: int, image_size: int = 224) -> dict:
     raise SystemExit(f"unknown case {case}")
 
 
+def run_engine(engine: str, case: str, repeats: int, image_size: int) -> dict:
+    """Time ``case`` on ``engine``, importing only that engine."""
+    if engine == "cnnkit":
+        return cnnkit_case(case, repeats, image_size)
+    if engine in ("torch", "torch_cl"):
+        return torch_case(case, repeats, image_size, channels_last=engine == "torch_cl")
+    from benchmarks.onnx_engines import onnx_engine_case
+    return onnx_engine_case(engine, case, repeats, image_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--framework", choices=("cnnkit", "torch"), required=True)
+    parser.add_argument("--framework", choices=ENGINES, required=True, help="the engine to time")
     parser.add_argument("--case", required=True)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224, help="image size of the ResNet and MobileNetV2 cases (224 when timed)")
     args = parser.parse_args()
-    run = cnnkit_case if args.framework == "cnnkit" else torch_case
-    result = run(args.case, args.repeats, args.size)
+    if args.framework in INFERENCE_ENGINES and is_training(args.case):
+        raise SystemExit(f"{args.framework} runs inference only; {args.case} is a training case")
+    result = run_engine(args.framework, args.case, args.repeats, args.size)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
